@@ -1,0 +1,100 @@
+"""The catalogue: which images may be started, read from Docker labels.
+
+Parsing is in ``labels.py``; this module is the thin Docker call plus a cache.
+Listing is served from memory and refreshed in the background once the cache
+is older than ``max_age`` (stale-while-revalidate): forms stay fast with many
+environments and a new image shows up within about ``max_age`` plus one
+Docker round trip. It needs only the Docker engine, not the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiodocker
+
+from . import labels
+from .labels import ImageInfo
+
+
+class DockerUnavailable(RuntimeError):
+    """The Docker engine did not answer."""
+
+
+class Catalogue:
+    def __init__(self, hub_name: str, max_age: float = 0.5, docker_url: str | None = None):
+        self.hub_name = hub_name
+        self.max_age = max_age
+        self._docker_url = docker_url
+        self._docker: aiodocker.Docker | None = None
+        self._images: list[ImageInfo] | None = None
+        self._fetched_at = 0.0
+        self._refresh: asyncio.Task | None = None
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        if self._docker is None:
+            self._docker = aiodocker.Docker(url=self._docker_url)
+        return self._docker
+
+    async def close(self):
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+
+    async def _fetch(self) -> list[ImageInfo]:
+        try:
+            summaries = await self.docker.images.list(
+                filters={"label": [f"{labels.MANAGED}=true", f"{labels.HUB}={self.hub_name}"]}
+            )
+        except (aiodocker.DockerError, OSError) as e:
+            raise DockerUnavailable(f"the Docker engine did not answer: {e}") from e
+        images = []
+        for summary in summaries:
+            images.extend(labels.parse_image(summary, self.hub_name))
+        self._images = images
+        self._fetched_at = time.monotonic()
+        return images
+
+    def invalidate(self):
+        """Forget the cache (after a build or delete in this process)."""
+        self._fetched_at = 0.0
+
+    async def images(self, fresh: bool = False) -> list[ImageInfo]:
+        """Every labelled image of this hub (all builds of all environments)."""
+        if self._images is None or fresh:
+            return await self._fetch()
+        if time.monotonic() - self._fetched_at > self.max_age:
+            if self._refresh is None or self._refresh.done():
+                self._refresh = asyncio.ensure_future(self._fetch())
+                self._refresh.add_done_callback(_ignore_errors)
+        return self._images
+
+    async def environments(self, fresh: bool = False) -> list[ImageInfo]:
+        """The newest build of each environment: what a spawn form offers."""
+        return labels.latest_per_environment(await self.images(fresh=fresh))
+
+    async def find(self, *, environment: str | None = None, image: str | None = None):
+        """The image for an environment name or an exact tag, or None.
+
+        Looks at a fresh listing when the cached one has no match, so an
+        image built a moment ago can be started at once.
+        """
+        for fresh in (False, True):
+            if environment is not None:
+                for info in await self.environments(fresh=fresh):
+                    if info.environment == environment:
+                        return info
+            elif image is not None:
+                for info in await self.images(fresh=fresh):
+                    if info.image == image:
+                        return info
+        return None
+
+
+def _ignore_errors(task: asyncio.Task):
+    # A failed background refresh keeps the old listing; the next
+    # foreground fetch reports the error.
+    if not task.cancelled():
+        task.exception()

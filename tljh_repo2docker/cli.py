@@ -1,0 +1,122 @@
+"""Command line: build and list environments without the web UI.
+
+    tljh-repo2docker build REPO --ref main --name demo [--display-name ...]
+    tljh-repo2docker list
+
+Settings come from TLJH's config.yaml (``repo2docker:`` section) where it
+exists; flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+
+import aiodocker
+from traitlets.config import Config
+
+from . import hubconfig, tljhconfig, validation
+from .builder import BuildSettings, validate_request
+from .buildjob import BuildFailed, run_build
+from .catalogue import Catalogue, DockerUnavailable
+
+
+def _settings(args) -> BuildSettings:
+    c = Config()
+    for warning in hubconfig.settings_to_config(c, tljhconfig.load_section()):
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.hub_name:
+        c.BuildSettings.hub_name = args.hub_name
+    if getattr(args, "allow_local_repos", False):
+        c.BuildSettings.allow_local_repos = True
+    if getattr(args, "repo2docker_config", None):
+        c.BuildSettings.repo2docker_config = args.repo2docker_config
+    return BuildSettings(config=c)
+
+
+def _who() -> str:
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+async def _build(args) -> int:
+    settings = _settings(args)
+    try:
+        request = validate_request(
+            settings,
+            name=args.name,
+            repo=args.repo,
+            ref=args.ref,
+            display_name=args.display_name,
+            mem_limit=args.mem_limit,
+            cpu_limit=args.cpu_limit,
+            built_by=_who(),
+        )
+    except validation.InvalidInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    def show(line):
+        sys.stdout.write(line.message if line.message.endswith("\n") else line.message + "\n")
+        sys.stdout.flush()
+
+    async with aiodocker.Docker() as docker:
+        try:
+            result = await run_build(settings, request, show, docker=docker)
+        except BuildFailed as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    print(f"{'reused' if result.cached else 'built'} {result.image}")
+    return 0
+
+
+async def _list(args) -> int:
+    catalogue = Catalogue(_settings(args).hub_name)
+    try:
+        environments = await catalogue.environments(fresh=True)
+    except DockerUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        await catalogue.close()
+    if args.json:
+        print(json.dumps([e.__dict__ | {"extra": None} for e in environments], indent=2))
+        return 0
+    for env in environments:
+        print(f"{env.environment}\t{env.image}\t{env.repo}@{env.ref}\t{env.display_name}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tljh-repo2docker", description=__doc__.split("\n")[0])
+    p.add_argument("--hub-name", help="label of this hub's images (repo2docker.hub_name)")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build (or reuse) an environment's image")
+    b.add_argument("repo", help="repository URL (https://, git://, ssh, file:// if allowed)")
+    b.add_argument("--ref", default="HEAD", help="branch, tag or commit (default: HEAD)")
+    b.add_argument("--name", required=True, help="environment name: lowercase, digits, .-_")
+    b.add_argument("--display-name", help="name shown in the server picker")
+    b.add_argument("--mem-limit", help="memory limit of servers, e.g. 2G")
+    b.add_argument("--cpu-limit", help="CPU limit of servers, e.g. 1.5")
+    b.add_argument("--allow-local-repos", action="store_true", help="accept file:// repositories")
+    b.add_argument(
+        "--repo2docker-config",
+        action="append",
+        help="repo2docker config file (may repeat; default: repo2docker.repo2docker_config)",
+    )
+    ls = sub.add_parser("list", help="list the environments in the catalogue")
+    ls.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    handler = {"build": _build, "list": _list}[args.command]
+    return asyncio.run(handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

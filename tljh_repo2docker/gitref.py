@@ -1,0 +1,94 @@
+"""Resolve a ref (branch, tag, HEAD or commit) to a commit before building.
+
+``pick_commit`` is pure (parses ``git ls-remote`` output); ``resolve_ref``
+runs git as a subprocess with an argument list and no terminal prompts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+
+_FULL_SHA_RE = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
+
+
+class RefNotFound(LookupError):
+    """The repository answered but has no such ref (or could not be read)."""
+
+
+def pick_commit(ls_remote_output: str, ref: str) -> str | None:
+    """The commit ``ref`` names in ``git ls-remote`` output, or None.
+
+    Preference follows git's own: an exact full ref, then a branch, then a tag
+    (peeled ``^{}`` lines win over the tag object itself).
+    """
+    refs: dict[str, str] = {}
+    for line in ls_remote_output.splitlines():
+        sha, _, name = line.strip().partition("\t")
+        if _FULL_SHA_RE.match(sha) and name:
+            refs[name] = sha
+    candidates = [
+        ref,
+        f"refs/heads/{ref}",
+        f"refs/tags/{ref}^{{}}",
+        f"refs/tags/{ref}",
+    ]
+    for name in candidates:
+        if name in refs:
+            return refs[name]
+    return None
+
+
+def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for git: never prompt, never read a terminal."""
+    env = dict(os.environ)
+    env.update(
+        GIT_TERMINAL_PROMPT="0",
+        GIT_ASKPASS="/bin/true",
+        SSH_ASKPASS="/bin/true",
+        GIT_SSH_COMMAND="ssh -o BatchMode=yes",
+    )
+    env.update(extra or {})
+    return env
+
+
+async def _git(args: list[str], timeout: float, env: dict[str, str]) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        "git",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except (TimeoutError, asyncio.CancelledError):
+        proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        message = err.decode(errors="replace").strip().splitlines()
+        raise RefNotFound(message[-1] if message else f"git exited with {proc.returncode}")
+    return out.decode(errors="replace")
+
+
+async def resolve_ref(
+    repo: str, ref: str, *, timeout: float = 60, env: dict[str, str] | None = None
+) -> str:
+    """The full commit hash that ``ref`` names in ``repo`` right now."""
+    env = env or git_env()
+    try:
+        out = await asyncio.wait_for(_git(["ls-remote", "--", repo], timeout, env), timeout)
+    except TimeoutError:
+        raise RefNotFound(f"the repository did not answer within {timeout:g} s") from None
+    commit = pick_commit(out, ref)
+    if commit:
+        return commit
+    if _FULL_SHA_RE.match(ref):
+        # A commit that no ref points at; repo2docker fetches it and fails
+        # clearly if it does not exist.
+        return ref
+    raise RefNotFound(f"no branch or tag named {ref!r} in the repository")

@@ -1,0 +1,86 @@
+"""Persistent homes: one host directory per hub user, never deleted.
+
+``home_dir_name`` and ``home_path`` are pure (TLJH's naming convention);
+``prepare_home`` creates the directory with the right owner before the first
+start and tells the spawner which uid may write it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+
+from escapism import escape
+
+_SAFE = "abcdefghijklmnopqrstuvwxyz0123456789._-"
+# TLJH shortens long names the same way for its system users.
+_MAX_NAME = 26
+
+
+class HomeError(RuntimeError):
+    """The home directory cannot be used; the message is for the user."""
+
+
+def home_dir_name(username: str) -> str:
+    """``jupyter-<name>``, as TLJH names its users' homes.
+
+    Characters outside [a-z0-9._-] are escaped (so no name can climb out of
+    the homes directory) and names of 26 characters or more are shortened to
+    26 plus 5 hex digits of their sha256, as TLJH does.
+    """
+    name = escape(username.lower(), safe=_SAFE, escape_char="-")
+    if len(name) >= _MAX_NAME:
+        digest = hashlib.sha256(username.encode("utf-8")).hexdigest()
+        name = f"{name[:_MAX_NAME]}-{digest[:5]}"
+    return f"jupyter-{name}"
+
+
+def home_path(homes_dir: str, username: str) -> str:
+    if not os.path.isabs(homes_dir):
+        raise ValueError(f"homes_dir must be an absolute path, not {homes_dir!r}")
+    return os.path.join(homes_dir, home_dir_name(username))
+
+
+@dataclass(frozen=True)
+class HomeOwner:
+    uid: int
+    gid: int
+
+
+def prepare_home(path: str, uid: int, gid: int) -> HomeOwner:
+    """Make sure ``path`` exists and is writable by the container's user.
+
+    - missing: created (mode 0700) and given to uid:gid;
+    - owned by root and empty (Docker made it for an earlier bind mount):
+      given to uid:gid;
+    - owned by someone else (e.g. a TLJH system user from before this plugin):
+      left exactly as it is; the container runs as that owner instead.
+    Returns the uid:gid the container must run as. Never removes anything.
+    """
+    parent = os.path.dirname(path)
+    try:
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+        try:
+            os.mkdir(path, 0o700)
+            os.chown(path, uid, gid)
+            return HomeOwner(uid, gid)
+        except FileExistsError:
+            pass
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+            raise HomeError(
+                f"{path} exists but is not a directory; ask an administrator to check it"
+            )
+        if info.st_uid == 0 and not os.listdir(path):
+            os.chown(path, uid, gid)
+            return HomeOwner(uid, gid)
+        if info.st_uid == 0:
+            raise HomeError(
+                f"{path} belongs to root and is not empty: the server could not write "
+                "to it. Ask an administrator to give it to the user's uid."
+            )
+        return HomeOwner(info.st_uid, info.st_gid)
+    except OSError as e:
+        raise HomeError(f"could not prepare the home directory {path}: {e.strerror}") from e

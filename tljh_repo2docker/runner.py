@@ -1,0 +1,85 @@
+"""Run repo2docker as a subprocess: stream its JSON log lines, allow cancel.
+
+The child runs in its own process group so that cancelling kills repo2docker
+and everything it started (docker buildx, git) together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LogLine:
+    phase: str
+    message: str
+
+
+def parse_log_line(raw: str) -> LogLine:
+    """One line of ``repo2docker --json-logs`` output; plain text passes through."""
+    raw = raw.rstrip("\n")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return LogLine("building", raw + "\n")
+    if not isinstance(data, dict):
+        return LogLine("building", raw + "\n")
+    message = data.get("message")
+    if not isinstance(message, str):
+        message = "" if message is None else str(message)
+    phase = data.get("phase")
+    return LogLine(phase if isinstance(phase, str) else "building", message)
+
+
+def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+async def run_logged(
+    argv: list[str],
+    on_line: Callable[[LogLine], None],
+    *,
+    env: dict[str, str] | None = None,
+    grace: float = 5.0,
+) -> int:
+    """Run ``argv``, call ``on_line`` for each output line, return the exit code.
+
+    Cancelling the awaiting task sends SIGTERM to the process group, then
+    SIGKILL after ``grace`` seconds, and re-raises CancelledError.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+        limit=1024 * 1024,
+    )
+    try:
+        while True:
+            try:
+                raw = await proc.stdout.readline()
+            except ValueError:  # a line longer than the limit: skip its rest
+                raw = b"(log line too long, cut)\n"
+            if not raw:
+                break
+            on_line(parse_log_line(raw.decode(errors="replace")))
+        return await proc.wait()
+    except asyncio.CancelledError:
+        kill_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
+        except TimeoutError:
+            pass
+        kill_group(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        raise

@@ -1,0 +1,173 @@
+"""Validation of everything a person or a network hands us: pure functions.
+
+Each validator returns the normalised value or raises ``InvalidInput`` with a
+message written for the person who typed the value. Nothing here touches the
+network, Docker or the file system.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+MAX_REPO_LENGTH = 2048
+MAX_REF_LENGTH = 255
+MAX_DISPLAY_NAME_LENGTH = 100
+MAX_NAME_LENGTH = 63
+
+DEFAULT_SCHEMES = ("https", "http", "git", "ssh")
+
+# Environment names end up in Docker image names, URLs and labels: keep them
+# to the lowercase subset that is valid in all three.
+_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
+# A subset of `git check-ref-format` plus full or short commit hashes.
+_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]*$")
+_SCP_LIKE_RE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._~/+-]+$")
+_MEM_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?$", re.IGNORECASE)
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+_MEM_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+MIN_MEM_BYTES = 64 * 1024**2
+MAX_MEM_BYTES = 1024**4
+MIN_CPU = 0.05
+MAX_CPU = 256.0
+
+
+class InvalidInput(ValueError):
+    """A value from outside that we refuse; the message says why and what to do."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _text(field: str, value, max_length: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(field, "must be a string")
+    value = value.strip()
+    if not value:
+        raise InvalidInput(field, "must not be empty")
+    if len(value) > max_length:
+        raise InvalidInput(field, f"must be at most {max_length} characters")
+    if _CONTROL_RE.search(value):
+        raise InvalidInput(field, "must not contain control characters")
+    return value
+
+
+def environment_name(value) -> str:
+    """A short name: lowercase letters, digits, '.', '_' and '-'."""
+    value = _text("name", value, MAX_NAME_LENGTH)
+    if not _NAME_RE.match(value):
+        raise InvalidInput(
+            "name",
+            "use 1-63 lowercase letters, digits, '.', '_' or '-', "
+            "starting and ending with a letter or digit",
+        )
+    return value
+
+
+def display_name(value, default: str | None = None) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if default is None:
+            raise InvalidInput("display_name", "must not be empty")
+        return default
+    return _text("display_name", value, MAX_DISPLAY_NAME_LENGTH)
+
+
+def ref(value) -> str:
+    """A branch, tag or commit. Refuses anything git would read as an option."""
+    value = _text("ref", value, MAX_REF_LENGTH)
+    if (
+        not _REF_RE.match(value)
+        or ".." in value
+        or "//" in value
+        or value.endswith((".", "/", ".lock"))
+        or "@{" in value
+    ):
+        raise InvalidInput(
+            "ref", "must be a branch, tag or commit name (letters, digits, '.', '_', '-', '/')"
+        )
+    return value
+
+
+def repo_url(value, schemes=DEFAULT_SCHEMES, allow_local: bool = False) -> str:
+    """A repository URL with an allowed scheme; local paths only if allowed.
+
+    ``user@host:path`` (scp-like ssh) counts as ``ssh``; local repositories are
+    ``file://`` URLs (so that the ref is honoured), accepted only if enabled. Credentials in a URL
+    are refused: private repositories take a separate, never-stored token.
+    """
+    value = _text("repo", value, MAX_REPO_LENGTH)
+    if value.startswith("-") or any(c.isspace() for c in value):
+        raise InvalidInput("repo", "must be a URL without spaces")
+    if value.startswith("/"):
+        # A plain path would build the working tree whatever the ref says.
+        raise InvalidInput("repo", "name a local repository as a file:// URL")
+    if _SCP_LIKE_RE.match(value):
+        if "ssh" not in schemes:
+            raise InvalidInput("repo", "ssh repositories are not enabled on this hub")
+        return value
+    parts = urlsplit(value)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        if not allow_local:
+            raise InvalidInput("repo", "local repositories are not enabled on this hub")
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise InvalidInput("repo", "file URLs must name an absolute local path")
+        return value
+    if scheme not in schemes:
+        allowed = ", ".join(f"{s}://" for s in schemes)
+        raise InvalidInput("repo", f"must start with one of: {allowed}")
+    if not parts.hostname:
+        raise InvalidInput("repo", "must name a host")
+    if parts.password is not None or (parts.username and scheme in ("http", "https")):
+        raise InvalidInput(
+            "repo", "must not contain credentials; use the separate username and token fields"
+        )
+    return value
+
+
+def mem_limit(value) -> int | None:
+    """'512M', '2G', '1.5GiB' or a number of bytes -> bytes; empty -> None."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise InvalidInput("mem_limit", "must be a size such as 512M or 2G")
+    if isinstance(value, int | float):
+        size = int(value)
+    else:
+        match = _MEM_RE.match(_text("mem_limit", value, 32))
+        if not match:
+            raise InvalidInput("mem_limit", "must be a size such as 512M or 2G")
+        number, unit = match.groups()
+        size = int(float(number) * _MEM_UNITS[unit.upper()])
+    if not MIN_MEM_BYTES <= size <= MAX_MEM_BYTES:
+        raise InvalidInput("mem_limit", "must be between 64M and 1T")
+    return size
+
+
+def cpu_limit(value) -> float | None:
+    """A number of CPUs (e.g. 0.5, 2); empty -> None."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise InvalidInput("cpu_limit", "must be a number of CPUs such as 0.5 or 2")
+    try:
+        cpus = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInput("cpu_limit", "must be a number of CPUs such as 0.5 or 2") from None
+    if not MIN_CPU <= cpus <= MAX_CPU:
+        raise InvalidInput("cpu_limit", f"must be between {MIN_CPU} and {MAX_CPU:g}")
+    return cpus
+
+
+def format_bytes(size: int | None) -> str:
+    """Bytes -> the shortest exact '2G' / '512M' form, for labels and pages."""
+    if size is None:
+        return ""
+    for unit in ("T", "G", "M", "K"):
+        factor = _MEM_UNITS[unit]
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
