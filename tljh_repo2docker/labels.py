@@ -23,6 +23,9 @@ BUILT_BY = PREFIX + "built_by"
 BUILT_AT = PREFIX + "built_at"
 OWNER = PREFIX + "owner"
 VISIBILITY = PREFIX + "visibility"
+# on server containers
+SERVER = PREFIX + "server"
+USER = PREFIX + "user"
 
 _COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
 

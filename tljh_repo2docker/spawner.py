@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from functools import cached_property
 
@@ -22,7 +23,7 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Float, Unicode, default
 
-from . import homes, validation
+from . import homes, labels, validation
 from .assets import jinja_env
 from .builder import BuildSettings
 from .catalogue import Catalogue, DockerUnavailable
@@ -212,11 +213,18 @@ class Repo2DockerSpawner(DockerSpawner):
         except homes.HomeError as e:
             raise SpawnError(500, f"Your home directory is not usable: {e}") from e
         self.volumes = {path: {"bind": f"/home/{settings.user_name}", "mode": "rw"}}
+        create = await self._configured_create_kwargs()
+        # Labels let an admin (and the tests) find every server container.
+        create["labels"] = {
+            **create.get("labels", {}),
+            labels.SERVER: "true",
+            labels.HUB: settings.hub_name,
+            labels.USER: self.user.name,
+            labels.ENVIRONMENT: info.environment,
+        }
         if owner.uid != settings.user_id:
-            self.extra_create_kwargs = {
-                **self.extra_create_kwargs,
-                "user": f"{owner.uid}:{owner.gid}",
-            }
+            create["user"] = f"{owner.uid}:{owner.gid}"
+        self.extra_create_kwargs = create
 
         self._progress(40, f"Starting a container from {info.display_name}")
         try:
@@ -240,6 +248,16 @@ class Repo2DockerSpawner(DockerSpawner):
             self.clear_state()
             return
         await super().stop(now=now)
+
+    async def _configured_create_kwargs(self) -> dict:
+        # What the admin configured (a dict or a callable), before start()
+        # added this server's own labels and user to the same trait.
+        if not hasattr(self, "_admin_create_kwargs"):
+            self._admin_create_kwargs = self.extra_create_kwargs
+        value = self._eval_if_callable(self._admin_create_kwargs)
+        if inspect.isawaitable(value):
+            value = await value
+        return dict(value or {})
 
     async def wait_until_answering(self, ip: str, port: int):
         """Poll the new server until any HTTP answer; fail early if it exits."""

@@ -1,0 +1,93 @@
+"""Shared fixtures. Tests marked ``docker`` use the real Docker engine, a real
+JupyterHub and configurable-http-proxy; ``scripts/test`` sets all of them up.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from .dockerfixtures import ROOT, dump_container_logs, make_git_repo, remove_hub_objects
+from .hubprocess import CHP, HubProcess
+
+OFFLINE_R2D_CONFIG = str(ROOT / "examples" / "repo2docker-offline.py")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "docker: needs the Docker engine (run for real in CI)")
+
+
+@pytest.fixture(scope="session")
+def docker_ready():
+    """Fail (never skip) when Docker is missing: CI must run these tests."""
+    if shutil.which("docker") is None:
+        pytest.fail("docker CLI not found: run scripts/setup-host (scripts/test does)")
+    info = subprocess.run(["docker", "info"], capture_output=True, text=True)
+    if info.returncode != 0:
+        pytest.fail(f"Docker engine not reachable: {info.stderr.strip()[:300]}")
+    if not CHP.exists():
+        pytest.fail(f"{CHP} missing: run scripts/setup-host")
+
+
+@pytest.fixture(scope="module")
+def hub_name():
+    return f"test-{secrets.token_hex(4)}"
+
+
+@pytest.fixture(scope="module")
+def git_repo(tmp_path_factory, hub_name):
+    return make_git_repo(tmp_path_factory.mktemp("repo") / "env", marker=hub_name)
+
+
+@pytest.fixture(scope="module")
+def hub_settings(tmp_path_factory, hub_name):
+    return {
+        "hub_name": hub_name,
+        "image_prefix": "tljh-r2d-test/",
+        "homes_dir": str(tmp_path_factory.mktemp("homes")),
+        "allow_local_repos": True,
+        "repo2docker_config": [OFFLINE_R2D_CONFIG],
+    }
+
+
+@pytest.fixture(scope="module")
+def hub(docker_ready, tmp_path_factory, hub_name, hub_settings, request):
+    prefix = tmp_path_factory.mktemp("tljh")
+    process = HubProcess(prefix, hub_settings, token=secrets.token_hex(16))
+    try:
+        yield process.start()
+    finally:
+        failed = getattr(request.node, "_failed", False)
+        if failed:
+            sys.stderr.write(f"\n=== hub log ===\n{process.log_tail(200)}\n")
+            sys.stderr.write(f"=== containers ===\n{dump_container_logs(hub_name)}\n")
+        process.stop()
+        remove_hub_objects(hub_name)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    # Lets module fixtures know that a test failed, to dump logs.
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        item.module_failed = True
+        for node in (item, item.parent):
+            node._failed = True
+
+
+def run_cli(hub: HubProcess, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The tljh-repo2docker command with the hub's own config.yaml."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tljh_repo2docker", *args],
+        env=hub.env,
+        capture_output=True,
+        text=True,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"CLI failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
