@@ -6,8 +6,10 @@ command is built by ``builder``, run by ``runner``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import aiodocker
@@ -50,8 +52,16 @@ async def run_build(
     *,
     docker: aiodocker.Docker,
     env: dict[str, str] | None = None,
+    slot: AbstractAsyncContextManager | None = None,
+    on_running: Callable[[], None] | None = None,
+    on_spawn: Callable[[int], None] | None = None,
+    on_resolved: Callable[[str], None] | None = None,
 ) -> BuildResult:
-    """Build ``request``; an image of the same commit is reused at once."""
+    """Build ``request``; an image of the same commit is reused at once.
+
+    ``slot`` (e.g. a semaphore) is held only while repo2docker runs, so
+    resolving the ref and reusing an image never wait behind other builds.
+    """
     on_line(LogLine("fetching", f"Resolving {request.ref} in {request.repo}\n"))
     try:
         commit = await gitref.resolve_ref(
@@ -61,14 +71,21 @@ async def run_build(
         raise BuildFailed(f"Cannot resolve {request.ref!r}: {e}") from e
     tag = labels.image_tag(settings.image_prefix, request.name, commit)
     on_line(LogLine("fetching", f"{request.ref} is commit {commit}\n"))
+    if on_resolved is not None:
+        on_resolved(commit)
 
     existing = await image_labels(docker, tag)
     if existing is not None and existing.get(labels.HUB) == settings.hub_name:
         on_line(LogLine("built", f"Image {tag} is already built for this commit\n"))
         return BuildResult(tag, commit, cached=True)
 
-    argv = repo2docker_argv(settings, request, commit=commit, built_at=utcnow_iso())
-    code = await runner.run_logged(argv, on_line, env=env or gitref.git_env())
+    async with slot or contextlib.nullcontext():
+        if on_running is not None:
+            on_running()
+        argv = repo2docker_argv(settings, request, commit=commit, built_at=utcnow_iso())
+        code = await runner.run_logged(
+            argv, on_line, env=env or gitref.git_env(), on_spawn=on_spawn
+        )
     if code != 0:
         raise BuildFailed(f"repo2docker exited with code {code}; the log above says why")
     built = await image_labels(docker, tag)

@@ -58,7 +58,9 @@ class Catalogue:
         return images
 
     def invalidate(self):
-        """Forget the cache (after a build or delete in this process)."""
+        """Forget the cache (after a build or delete in this process): the
+        next listing asks Docker before it answers."""
+        self._images = None
         self._fetched_at = 0.0
 
     async def images(self, fresh: bool = False) -> list[ImageInfo]:

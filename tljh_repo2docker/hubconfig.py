@@ -8,10 +8,21 @@ truth for the configuration.
 from __future__ import annotations
 
 import fcntl
+import json
+import os
 import socket
 import struct
+import sys
+
+from . import tljhconfig
+from .assets import TEMPLATES_DIR
 
 SPAWNER_CLASS = "tljh_repo2docker.spawner.Repo2DockerSpawner"
+SERVICE_NAME = "environments"
+DEFAULT_SERVICE_PORT = 15003
+READ_SCOPE = "custom:environments:read"
+MANAGE_SCOPE = "custom:environments:manage"
+MANAGER_ROLE = "environments-manager"
 
 # tljh-config key -> (traitlets class, trait). The README's table lists them.
 KEYS = {
@@ -27,9 +38,11 @@ KEYS = {
     "base_image": ("BuildSettings", "base_image"),
     "appendix": ("BuildSettings", "appendix"),
     "extra_args": ("BuildSettings", "extra_args"),
+    "build_concurrency": ("EnvironmentsService", "build_concurrency"),
+    "db_url": ("EnvironmentsService", "db_url"),
 }
 # Keys read here rather than mapped onto a trait.
-OWN_KEYS = {"hub_ip"}
+OWN_KEYS = {"hub_ip", "service_port"}
 
 
 class UnknownKey(ValueError):
@@ -77,7 +90,69 @@ def apply_hub_config(c, settings: dict, docker_bridge_ip: str | None) -> list[st
     # the single-user server of their image instead.
     c.Repo2DockerSpawner.cmd = ["jupyterhub-singleuser"]
 
+    add_service(c, settings)
     return warnings + settings_to_config(c, settings)
+
+
+def _config_list(section, key) -> list:
+    value = section[key] if key in section else []
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def add_service(c, settings: dict, python: str = sys.executable):
+    """The environments service, its scopes and roles, and the navigation link."""
+    port = int(settings.get("service_port") or DEFAULT_SERVICE_PORT)
+    services = [s for s in _config_list(c.JupyterHub, "services") if s.get("name") != SERVICE_NAME]
+    services.append(
+        {
+            "name": SERVICE_NAME,
+            "url": f"http://127.0.0.1:{port}",
+            "command": [python, "-m", "tljh_repo2docker.service"],
+            "environment": {
+                "TLJH_R2D_SETTINGS": json.dumps(settings),
+                "TLJH_INSTALL_PREFIX": tljhconfig.install_prefix(),
+            },
+            "oauth_no_confirm": True,
+            "oauth_client_allowed_scopes": [READ_SCOPE, MANAGE_SCOPE],
+            # the navigation bar gets its own "Environments" link instead
+            "display": False,
+        }
+    )
+    c.JupyterHub.services = services
+
+    scopes = dict(c.JupyterHub.custom_scopes) if "custom_scopes" in c.JupyterHub else {}
+    scopes[READ_SCOPE] = {"description": "See environments and their builds."}
+    scopes[MANAGE_SCOPE] = {
+        "description": "Build, update, cancel and delete environments.",
+        "subscopes": [READ_SCOPE],
+    }
+    c.JupyterHub.custom_scopes = scopes
+
+    access = f"access:services!service={SERVICE_NAME}"
+    admins = c.Authenticator.admin_users if "admin_users" in c.Authenticator else set()
+    roles = {r["name"]: dict(r) for r in _config_list(c.JupyterHub, "load_roles")}
+    user_role = roles.setdefault("user", {"name": "user", "scopes": ["self"]})
+    user_role["scopes"] = sorted(set(user_role.get("scopes", [])) | {READ_SCOPE, access})
+    manager = roles.setdefault(MANAGER_ROLE, {"name": MANAGER_ROLE, "scopes": []})
+    manager["description"] = "Manage tljh-repo2docker environments"
+    manager["scopes"] = sorted(set(manager["scopes"]) | {MANAGE_SCOPE, READ_SCOPE, access})
+    manager["users"] = sorted(set(manager.get("users", [])) | set(admins))
+    roles["environments-service"] = {
+        "name": "environments-service",
+        "description": "What the environments service does on the hub: stop servers",
+        "scopes": ["admin:servers", "read:users"],
+        "services": [SERVICE_NAME],
+    }
+    c.JupyterHub.load_roles = list(roles.values())
+
+    # The hub's pages get an "Environments" link (templates/hub/page.html).
+    hub_templates = os.path.join(TEMPLATES_DIR, "hub")
+    paths = _config_list(c.JupyterHub, "template_paths")
+    c.JupyterHub.template_paths = [hub_templates, *[p for p in paths if p != hub_templates]]
+    base_url = c.JupyterHub.base_url if "base_url" in c.JupyterHub else "/"
+    template_vars = dict(c.JupyterHub.template_vars) if "template_vars" in c.JupyterHub else {}
+    template_vars["tljh_repo2docker_url"] = base_url.rstrip("/") + f"/services/{SERVICE_NAME}/"
+    c.JupyterHub.template_vars = template_vars
 
 
 def settings_to_config(c, settings: dict) -> list[str]:

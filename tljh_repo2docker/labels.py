@@ -26,6 +26,7 @@ VISIBILITY = PREFIX + "visibility"
 # on server containers
 SERVER = PREFIX + "server"
 USER = PREFIX + "user"
+SERVER_NAME = PREFIX + "server_name"
 
 _COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
 

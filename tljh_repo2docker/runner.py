@@ -49,6 +49,7 @@ async def run_logged(
     *,
     env: dict[str, str] | None = None,
     grace: float = 5.0,
+    on_spawn: Callable[[int], None] | None = None,
 ) -> int:
     """Run ``argv``, call ``on_line`` for each output line, return the exit code.
 
@@ -64,6 +65,8 @@ async def run_logged(
         start_new_session=True,
         limit=1024 * 1024,
     )
+    if on_spawn is not None:
+        on_spawn(proc.pid)
     try:
         while True:
             try:

@@ -220,6 +220,7 @@ class Repo2DockerSpawner(DockerSpawner):
             labels.SERVER: "true",
             labels.HUB: settings.hub_name,
             labels.USER: self.user.name,
+            labels.SERVER_NAME: self.name,
             labels.ENVIRONMENT: info.environment,
         }
         if owner.uid != settings.user_id:

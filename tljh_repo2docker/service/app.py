@@ -1,0 +1,198 @@
+"""The environments service: a hub-managed traitlets Application running tornado.
+
+Started by the hub (``python -m tljh_repo2docker.service``) with the
+JUPYTERHUB_* environment of a managed service. The plugin's settings arrive
+as JSON in $TLJH_R2D_SETTINGS (the ``repo2docker:`` section of tljh-config).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+from urllib.parse import urlsplit
+
+import aiodocker
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
+from tornado import web
+from tornado.httpserver import HTTPServer
+from traitlets import Integer, Unicode, default
+from traitlets.config import Application
+
+from .. import hubconfig, tljhconfig
+from ..assets import STATIC_DIR, jinja_env
+from ..builder import BuildSettings
+from ..catalogue import Catalogue
+from . import api, dockerops, pages, store
+from .builds import BuildManager
+from .handlers import MANAGE_SCOPE, READ_SCOPE, ServiceState
+from .hubclient import HubClient
+
+
+class EnvironmentsService(Application):
+    name = "tljh-repo2docker-service"
+    description = "Build and manage repo2docker environments for JupyterHub"
+
+    db_url = Unicode(
+        help="SQLAlchemy URL of the service's database (default: SQLite in TLJH's state dir)."
+    ).tag(config=True)
+    cookie_secret_file = Unicode(
+        help="File holding the service's cookie secret (created on first start)."
+    ).tag(config=True)
+    build_concurrency = Integer(1, help="repo2docker builds that may run at once.").tag(config=True)
+    log_head_lines = Integer(1000, help="First lines of a build log that are kept.").tag(
+        config=True
+    )
+    log_tail_lines = Integer(2000, help="Last lines of a build log that are kept.").tag(config=True)
+    service_prefix = Unicode(help="URL prefix of the service (from the hub).").tag(config=True)
+    bind_url = Unicode(help="Where to listen (from the hub: $JUPYTERHUB_SERVICE_URL).").tag(
+        config=True
+    )
+
+    @default("db_url")
+    def _default_db_url(self):
+        return "sqlite:///" + os.path.join(tljhconfig.state_dir(), "tljh-repo2docker.sqlite")
+
+    @default("cookie_secret_file")
+    def _default_cookie_secret_file(self):
+        return os.path.join(tljhconfig.state_dir(), "tljh-repo2docker-cookie-secret")
+
+    @default("service_prefix")
+    def _default_prefix(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/environments/")
+
+    @default("bind_url")
+    def _default_bind_url(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:15003")
+
+    def load_plugin_settings(self):
+        raw = os.environ.get("TLJH_R2D_SETTINGS")
+        settings = json.loads(raw) if raw else tljhconfig.load_section()
+        for warning in hubconfig.settings_to_config(self.config, settings):
+            self.log.warning(warning)
+
+    def cookie_secret(self) -> bytes:
+        path = self.cookie_secret_file
+        try:
+            with open(path, "rb") as f:
+                secret = bytes.fromhex(f.read().decode().strip())
+            if len(secret) >= 32:
+                return secret
+        except (FileNotFoundError, ValueError):
+            pass
+        secret = secrets.token_bytes(32)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret.hex())
+        return secret
+
+    def make_app(self) -> web.Application:
+        prefix = self.service_prefix
+        self.hub_auth = HubOAuth(
+            api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""),
+            cache_max_age=60,
+            # who may use the service at all; each handler checks its own scope
+            access_scopes={READ_SCOPE, MANAGE_SCOPE},
+        )
+        handlers = [
+            (prefix + "oauth_callback", HubOAuthCallbackHandler),
+            (
+                prefix + r"static/(.*)",
+                web.StaticFileHandler,
+                {"path": STATIC_DIR},
+            ),
+            *api.routes(prefix + "api/v1"),
+            *pages.routes(prefix),
+        ]
+        return web.Application(
+            handlers,
+            hub_auth=self.hub_auth,
+            service=self,
+            cookie_secret=self.cookie_secret(),
+            xsrf_cookies=True,
+            jinja=jinja_env(),
+            static_url_prefix=prefix + "static/",
+        )
+
+    def initialize(self, argv=None):
+        super().initialize(argv)
+        self.load_plugin_settings()
+        self.settings = BuildSettings(config=self.config, parent=self)
+        self.sessions = store.open_store(self.db_url)
+        self.hub = HubClient(
+            os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api"),
+            os.environ.get("JUPYTERHUB_API_TOKEN", ""),
+        )
+
+    async def run(self):
+        self.docker = aiodocker.Docker()
+        self.state = ServiceState()
+        self.catalogue = Catalogue(self.settings.hub_name)
+        self.builds = BuildManager(
+            self.sessions,
+            self.settings,
+            self.docker,
+            self.catalogue,
+            concurrency=self.build_concurrency,
+            log_head=self.log_head_lines,
+            log_tail=self.log_tail_lines,
+        )
+        interrupted = await self.builds.recover()
+        if interrupted:
+            self.log.warning("marked %d builds interrupted by a restart", interrupted)
+        url = urlsplit(self.bind_url)
+        server = HTTPServer(self.make_app(), xheaders=True, max_body_size=api.MAX_BODY)
+        server.listen(url.port or 80, url.hostname or "127.0.0.1")
+        self.log.info("environments service listening on %s%s", self.bind_url, self.service_prefix)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        self.log.info("stopping: cancelling running builds")
+        server.stop()
+        await self.builds.shutdown()
+        await self.catalogue.close()
+        await self.docker.close()
+
+    def start(self):
+        asyncio.run(self.run())
+
+    # --- Docker state shared by handlers ---------------------------------------
+    async def current_images(self) -> dict:
+        """Environment name -> its newest image (from the catalogue cache)."""
+        return {info.environment: info for info in await self.catalogue.environments()}
+
+    async def server_usage(self) -> dict[str, list[dict]]:
+        return await self.state.server_usage(self.docker, self.settings.hub_name)
+
+    async def stop_servers(self, servers: list[dict], timeout: float = 60):
+        """Stop servers through the hub, then wait until their containers are gone."""
+        for server in servers:
+            code = await self.hub.stop_server(server["user"], server["server_name"])
+            self.log.info("stopping %s's server: hub says %s", server["user"], code)
+        deadline = asyncio.get_running_loop().time() + timeout
+        ids = {s["id"] for s in servers}
+        while ids and asyncio.get_running_loop().time() < deadline:
+            self.state.invalidate()
+            usage = await self.server_usage()
+            ids &= {s["id"] for group in usage.values() for s in group}
+            if ids:
+                await asyncio.sleep(0.5)
+        if ids:
+            raise web.HTTPError(409, "servers did not stop within %d s; try again", timeout)
+
+    async def remove_images(self, name: str):
+        for summary in await dockerops.environment_images(
+            self.docker, self.settings.hub_name, name
+        ):
+            tags = [t for t in summary.get("RepoTags") or [] if t != "<none>:<none>"]
+            for ref in tags or [summary["Id"]]:
+                await dockerops.remove_image(self.docker, ref)
+        self.catalogue.invalidate()
+
+
+main = EnvironmentsService.launch_instance

@@ -1,0 +1,92 @@
+"""A build's log: bounded (first and last lines), live to many readers.
+
+Line numbers are absolute (0-based) so that a reader that reconnects with
+``Last-Event-ID`` resumes where it was; lines dropped from the middle of a
+very long log are replaced by one "omitted" entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import Callable
+
+
+class BuildLog:
+    def __init__(
+        self,
+        head_size: int = 1000,
+        tail_size: int = 2000,
+        redact: Callable[[str], str] | None = None,
+    ):
+        self.head: list[dict] = []
+        self.tail: deque[dict] = deque(maxlen=tail_size)
+        self.head_size = head_size
+        self.count = 0
+        self.finished = False
+        self._redact = redact or (lambda s: s)
+        self._changed = asyncio.Event()
+
+    @classmethod
+    def from_stored(cls, head: str, tail: str, count: int) -> BuildLog:
+        log = cls(head_size=0, tail_size=None)
+        log.head = _loads(head)
+        log.tail = deque(_loads(tail))
+        log.count = max(count, len(log.head) + len(log.tail))
+        log.finished = True
+        return log
+
+    def append(self, phase: str, message: str):
+        entry = {"phase": phase, "message": self._redact(message)}
+        if len(self.head) < self.head_size:
+            self.head.append(entry)
+        else:
+            self.tail.append(entry)
+        self.count += 1
+        self._wake()
+
+    def finish(self):
+        self.finished = True
+        self._wake()
+
+    def _wake(self):
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def entries_from(self, start: int) -> list[tuple[int, dict]]:
+        """(line number, entry) for every kept line numbered >= ``start``."""
+        out = [(i, e) for i, e in enumerate(self.head) if i >= start]
+        tail_start = self.count - len(self.tail)
+        gap = tail_start - len(self.head)
+        if gap > 0 and start < tail_start:
+            omitted = {"phase": "log", "message": f"... {gap} lines omitted ...\n"}
+            out.append((tail_start - 1, omitted))
+        for offset, entry in enumerate(self.tail):
+            number = tail_start + offset
+            if number >= start:
+                out.append((number, entry))
+        return out
+
+    async def wait(self, timeout: float):
+        """Until a line is added or the build finishes (or ``timeout``)."""
+        if self.finished:
+            return
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def text(self) -> str:
+        return "".join(e["message"] for _, e in self.entries_from(0))
+
+    def stored(self) -> tuple[str, str, int]:
+        return _dumps(self.head), _dumps(self.tail), self.count
+
+
+def _dumps(entries) -> str:
+    return "\n".join(json.dumps(e, separators=(",", ":")) for e in entries)
+
+
+def _loads(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -1,0 +1,5 @@
+"""HTML pages (placeholder routes; filled in below)."""
+
+
+def routes(prefix: str) -> list:
+    return []

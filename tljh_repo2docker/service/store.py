@@ -1,0 +1,187 @@
+"""The service's database: environments and their builds (SQLAlchemy).
+
+SQLite in TLJH's state directory by default; any SQLAlchemy URL by config.
+Schema changes are numbered migrations recorded in ``schema_version`` so an
+upgrade keeps data (see ``MIGRATIONS``).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+# Build states (ARCHITECTURE.md)
+QUEUED = "queued"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLED = "cancelled"
+INTERRUPTED = "interrupted"
+ACTIVE_STATES = (QUEUED, RUNNING)
+FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Environment(Base):
+    __tablename__ = "environments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True, index=True)
+    display_name: Mapped[str] = mapped_column(String(100))
+    repo: Mapped[str] = mapped_column(String(2048))
+    ref: Mapped[str] = mapped_column(String(255))
+    mem_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cpu_limit: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+
+    builds: Mapped[list[Build]] = relationship(
+        back_populates="environment",
+        cascade="all, delete-orphan",
+        order_by="Build.id.desc()",
+    )
+
+
+class Build(Base):
+    __tablename__ = "builds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    environment_id: Mapped[int] = mapped_column(
+        ForeignKey("environments.id", ondelete="CASCADE"), index=True
+    )
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED, index=True)
+    ref: Mapped[str] = mapped_column(String(255))
+    commit: Mapped[str] = mapped_column(String(64), default="")
+    image: Mapped[str] = mapped_column(String(400), default="")
+    cached: Mapped[bool] = mapped_column(Boolean, default=False)
+    requested_by: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime.datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime.datetime | None] = mapped_column(DateTime, nullable=True)
+    error: Mapped[str] = mapped_column(Text, default="")
+    # The repo2docker process group while it runs: lets a restarted service
+    # kill a build that its predecessor left behind.
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Bounded log: the first and last lines, and how many there were in all.
+    log_head: Mapped[str] = mapped_column(Text, default="")
+    log_tail: Mapped[str] = mapped_column(Text, default="")
+    log_lines: Mapped[int] = mapped_column(Integer, default=0)
+
+    environment: Mapped[Environment] = relationship(back_populates="builds")
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or utcnow()
+        return round((end - self.started_at).total_seconds(), 3)
+
+
+# --- migrations ---------------------------------------------------------------
+def _create_v1(conn: Connection):
+    Base.metadata.create_all(conn)
+
+
+# Append only. Each entry takes a connection inside a transaction. Version 1
+# is the first schema; later versions alter it (e.g. ``ALTER TABLE ...``).
+MIGRATIONS: list[Callable[[Connection], None]] = [_create_v1]
+
+
+def schema_version(conn: Connection) -> int:
+    if not inspect(conn).has_table("schema_version"):
+        return 0
+    return conn.execute(text("SELECT version FROM schema_version")).scalar() or 0
+
+
+def migrate(engine: Engine, migrations=None) -> int:
+    """Bring the schema to the newest version; return the version."""
+    migrations = MIGRATIONS if migrations is None else migrations
+    with engine.begin() as conn:
+        version = schema_version(conn)
+        if version == 0:
+            conn.execute(text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)"))
+            conn.execute(text("INSERT INTO schema_version (version) VALUES (0)"))
+        if version > len(migrations):
+            raise RuntimeError(
+                f"database schema version {version} is newer than this tljh-repo2docker "
+                f"({len(migrations)}): upgrade the plugin"
+            )
+        for number, step in enumerate(migrations[version:], start=version + 1):
+            step(conn)
+            conn.execute(text("UPDATE schema_version SET version = :v"), {"v": number})
+            version = number
+    return version
+
+
+def make_engine(url: str) -> Engine:
+    kwargs = {}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"check_same_thread": False}
+    engine = create_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.close()
+
+    return engine
+
+
+def open_store(url: str) -> Callable[[], Session]:
+    """Migrate the database at ``url`` and return a session factory."""
+    engine = make_engine(url)
+    migrate(engine)
+
+    def session() -> Session:
+        return Session(engine, expire_on_commit=False)
+
+    session.engine = engine
+    return session
+
+
+def find_environment(db: Session, name: str) -> Environment | None:
+    return db.scalars(select(Environment).where(Environment.name == name)).first()
+
+
+def active_build(db: Session, environment: Environment) -> Build | None:
+    return db.scalars(
+        select(Build)
+        .where(Build.environment_id == environment.id, Build.status.in_(ACTIVE_STATES))
+        .order_by(Build.id)
+    ).first()
+
+
+def latest_success(db: Session, environment: Environment) -> Build | None:
+    return db.scalars(
+        select(Build)
+        .where(Build.environment_id == environment.id, Build.status == SUCCEEDED)
+        .order_by(Build.id.desc())
+    ).first()
