@@ -35,7 +35,7 @@ setup(
         "tljh_repo2docker.static": "static",
     },
     package_data={
-        "tljh_repo2docker.templates": ["*.html"],
+        "tljh_repo2docker.templates": ["*.html", "hub/*.html", "service/*.html"],
         "tljh_repo2docker.static": ["*.css", "*.js"],
         "tljh_repo2docker.service": ["openapi.yaml"],
     },

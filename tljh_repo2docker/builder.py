@@ -46,7 +46,7 @@ class BuildSettings(Configurable):
         help="repo2docker config files (Python traitlets config) passed with --config.",
     ).tag(config=True)
     base_image = Unicode(
-        "", help="Base image for repo2docker's build packs (--base-image); empty: its default."
+        "", help="Base image for repo2docker's build packs (Repo2Docker.base_image); empty: default."
     ).tag(config=True)
     appendix = Unicode(
         "", help="Dockerfile lines appended to every build pack build (--appendix)."
@@ -142,7 +142,8 @@ def repo2docker_argv(
     for path in settings.repo2docker_config:
         argv += ["--config", path]
     if settings.base_image:
-        argv += ["--base-image", settings.base_image]
+        # repo2docker has no --base-image flag; its traitlet is settable
+        argv += [f"--Repo2Docker.base_image={settings.base_image}"]
     if settings.appendix:
         argv += ["--appendix", settings.appendix]
     image_labels = labels.make_labels(

@@ -31,7 +31,7 @@ class BuildResult:
 
 
 def utcnow_iso() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def image_labels(docker: aiodocker.Docker, tag: str) -> dict | None:

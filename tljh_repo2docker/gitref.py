@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 
 _FULL_SHA_RE = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
 
@@ -29,6 +30,7 @@ def pick_commit(ls_remote_output: str, ref: str) -> str | None:
         if _FULL_SHA_RE.match(sha) and name:
             refs[name] = sha
     candidates = [
+        f"{ref}^{{}}",  # a full tag name: the commit, not the tag object
         ref,
         f"refs/heads/{ref}",
         f"refs/tags/{ref}^{{}}",
@@ -65,8 +67,13 @@ async def _git(args: list[str], timeout: float, env: dict[str, str]) -> str:
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except (TimeoutError, asyncio.CancelledError):
-        proc.kill()
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        # git's helpers (ssh, git-remote-https) hold the pipes too: kill the
+        # whole process group, or wait() would wait for them.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         await proc.wait()
         raise
     if proc.returncode != 0:
@@ -82,7 +89,7 @@ async def resolve_ref(
     env = env or git_env()
     try:
         out = await asyncio.wait_for(_git(["ls-remote", "--", repo], timeout, env), timeout)
-    except TimeoutError:
+    except asyncio.TimeoutError:
         raise RefNotFound(f"the repository did not answer within {timeout:g} s") from None
     commit = pick_commit(out, ref)
     if commit:

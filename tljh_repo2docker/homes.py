@@ -9,32 +9,43 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from dataclasses import dataclass
 
 from escapism import escape
 
-_SAFE = "abcdefghijklmnopqrstuvwxyz0123456789._-"
-# TLJH shortens long names the same way for its system users.
-_MAX_NAME = 26
+# Names TLJH itself would use unchanged: they map to exactly TLJH's home.
+_PLAIN_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
+_ESCAPE_SAFE = "abcdefghijklmnopqrstuvwxyz0123456789"
+# TLJH shortens system user names of 26 characters or more.
+_MAX_LENGTH = 26
 
 
 class HomeError(RuntimeError):
     """The home directory cannot be used; the message is for the user."""
 
 
-def home_dir_name(username: str) -> str:
-    """``jupyter-<name>``, as TLJH names its users' homes.
+def _tljh_shorten(name: str) -> str:
+    if len(name) < _MAX_LENGTH:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()
+    return f"{name[:_MAX_LENGTH]}-{digest[:5]}"
 
-    Characters outside [a-z0-9._-] are escaped (so no name can climb out of
-    the homes directory) and names of 26 characters or more are shortened to
-    26 plus 5 hex digits of their sha256, as TLJH does.
+
+def home_dir_name(username: str) -> str:
+    """The directory name of a hub user's home: TLJH's ``jupyter-<name>``.
+
+    Names TLJH could use as they are (lowercase letters, digits, '.', '_',
+    '-', without "--") give exactly TLJH's name, shortened as TLJH does
+    (26 characters + '-' + 5 hex digits of sha256). Any other name is
+    escaped and starts with "jupyter--", which no plain name can produce:
+    two users never share a home, and no name leaves the homes directory.
     """
-    name = escape(username.lower(), safe=_SAFE, escape_char="-")
-    if len(name) >= _MAX_NAME:
-        digest = hashlib.sha256(username.encode("utf-8")).hexdigest()
-        name = f"{name[:_MAX_NAME]}-{digest[:5]}"
-    return f"jupyter-{name}"
+    if _PLAIN_RE.fullmatch(username) and "--" not in username:
+        return _tljh_shorten(f"jupyter-{username}")
+    escaped = escape(username, safe=_ESCAPE_SAFE, escape_char="-")
+    return _tljh_shorten(f"jupyter--{escaped}")
 
 
 def home_path(homes_dir: str, username: str) -> str:

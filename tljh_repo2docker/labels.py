@@ -28,7 +28,7 @@ SERVER = PREFIX + "server"
 USER = PREFIX + "user"
 SERVER_NAME = PREFIX + "server_name"
 
-_COMMIT_RE = re.compile(r"^[0-9a-f]{7,64}$")
+_COMMIT_RE = re.compile(r"[0-9a-f]{7,64}")
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def parse_image(summary: dict, hub: str) -> list[ImageInfo]:
     try:
         name = validation.environment_name(labels.get(ENVIRONMENT, ""))
         commit = labels.get(COMMIT, "")
-        if not _COMMIT_RE.match(commit):
+        if not _COMMIT_RE.fullmatch(commit):
             return []
         mem = validation.mem_limit(labels.get(MEM_LIMIT) or None)
         cpu = validation.cpu_limit(labels.get(CPU_LIMIT) or None)

@@ -77,11 +77,12 @@ async def run_logged(
                 break
             on_line(parse_log_line(raw.decode(errors="replace")))
         return await proc.wait()
-    except asyncio.CancelledError:
+    except BaseException:
+        # cancelled, or on_line failed: never leave repo2docker running
         kill_group(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             pass
         kill_group(proc.pid, signal.SIGKILL)
         await proc.wait()

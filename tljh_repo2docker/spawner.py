@@ -180,7 +180,7 @@ class Repo2DockerSpawner(DockerSpawner):
             self._progress_changed.clear()
             try:
                 await asyncio.wait_for(self._progress_changed.wait(), 1)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 pass
 
     # --- start ----------------------------------------------------------------

@@ -19,7 +19,7 @@ DEFAULT_SCHEMES = ("https", "http", "git", "ssh")
 
 # Environment names end up in Docker image names, URLs and labels: keep them
 # to the lowercase subset that is valid in all three.
-_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
+_NAME_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
 # A subset of `git check-ref-format` plus full or short commit hashes.
 _REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]*$")
 _SCP_LIKE_RE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._~/+-]+$")
@@ -58,11 +58,11 @@ def _text(field: str, value, max_length: int) -> str:
 def environment_name(value) -> str:
     """A short name: lowercase letters, digits, '.', '_' and '-'."""
     value = _text("name", value, MAX_NAME_LENGTH)
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         raise InvalidInput(
             "name",
-            "use 1-63 lowercase letters, digits, '.', '_' or '-', "
-            "starting and ending with a letter or digit",
+            "use 1-63 lowercase letters and digits, with single '.', '_' or '-' "
+            "between them",
         )
     return value
 
@@ -79,7 +79,7 @@ def ref(value) -> str:
     """A branch, tag or commit. Refuses anything git would read as an option."""
     value = _text("ref", value, MAX_REF_LENGTH)
     if (
-        not _REF_RE.match(value)
+        not _REF_RE.fullmatch(value)
         or ".." in value
         or "//" in value
         or value.endswith((".", "/", ".lock"))
@@ -104,7 +104,7 @@ def repo_url(value, schemes=DEFAULT_SCHEMES, allow_local: bool = False) -> str:
     if value.startswith("/"):
         # A plain path would build the working tree whatever the ref says.
         raise InvalidInput("repo", "name a local repository as a file:// URL")
-    if _SCP_LIKE_RE.match(value):
+    if _SCP_LIKE_RE.fullmatch(value):
         if "ssh" not in schemes:
             raise InvalidInput("repo", "ssh repositories are not enabled on this hub")
         return value
@@ -135,9 +135,11 @@ def mem_limit(value) -> int | None:
     if isinstance(value, bool):
         raise InvalidInput("mem_limit", "must be a size such as 512M or 2G")
     if isinstance(value, int | float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidInput("mem_limit", "must be a size such as 512M or 2G")
         size = int(value)
     else:
-        match = _MEM_RE.match(_text("mem_limit", value, 32))
+        match = _MEM_RE.fullmatch(_text("mem_limit", value, 32))
         if not match:
             raise InvalidInput("mem_limit", "must be a size such as 512M or 2G")
         number, unit = match.groups()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import secrets
 import signal
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 
 import aiodocker
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
+from sqlalchemy import select
 from tornado import web
 from tornado.httpserver import HTTPServer
 from traitlets import Integer, Unicode, default
@@ -26,9 +28,16 @@ from ..assets import STATIC_DIR, jinja_env
 from ..builder import BuildSettings
 from ..catalogue import Catalogue
 from . import api, dockerops, pages, store
-from .builds import BuildManager
+from .builds import BuildManager, Conflict
 from .handlers import MANAGE_SCOPE, READ_SCOPE, ServiceState
 from .hubclient import HubClient
+
+
+class OAuthCallbackHandler(HubOAuthCallbackHandler):
+    # the same HubOAuth instance as every other handler (it holds the PKCE state)
+    @property
+    def hub_auth(self):
+        return self.settings["hub_auth"]
 
 
 class EnvironmentsService(Application):
@@ -98,12 +107,7 @@ class EnvironmentsService(Application):
             access_scopes={READ_SCOPE, MANAGE_SCOPE},
         )
         handlers = [
-            (prefix + "oauth_callback", HubOAuthCallbackHandler),
-            (
-                prefix + r"static/(.*)",
-                web.StaticFileHandler,
-                {"path": STATIC_DIR},
-            ),
+            (prefix + "oauth_callback", OAuthCallbackHandler),
             *api.routes(prefix + "api/v1"),
             *pages.routes(prefix),
         ]
@@ -114,6 +118,7 @@ class EnvironmentsService(Application):
             cookie_secret=self.cookie_secret(),
             xsrf_cookies=True,
             jinja=jinja_env(),
+            static_path=STATIC_DIR,
             static_url_prefix=prefix + "static/",
         )
 
@@ -159,12 +164,53 @@ class EnvironmentsService(Application):
         await self.docker.close()
 
     def start(self):
+        # tornado's access and error logs go where the hub's output goes
+        logging.basicConfig(
+            level=logging.INFO,
+            format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s",
+        )
         asyncio.run(self.run())
 
     # --- Docker state shared by handlers ---------------------------------------
     async def current_images(self) -> dict:
         """Environment name -> its newest image (from the catalogue cache)."""
         return {info.environment: info for info in await self.catalogue.environments()}
+
+    async def adopt_images(self):
+        """Environments built outside the service (the command line, another
+        service process) appear in its database from their image labels."""
+        images = await self.current_images()
+        with self.sessions() as db:
+            known = set(db.scalars(select(store.Environment.name)).all())
+            for name in sorted(set(images) - known):
+                info = images[name]
+                env = store.Environment(
+                    name=name,
+                    display_name=info.display_name,
+                    repo=info.repo,
+                    ref=info.ref or "HEAD",
+                    mem_limit=info.mem_limit,
+                    cpu_limit=info.cpu_limit,
+                    created_by=info.built_by,
+                )
+                db.add(env)
+                db.flush()
+                db.add(
+                    store.Build(
+                        environment_id=env.id,
+                        status=store.SUCCEEDED,
+                        ref=env.ref,
+                        commit=info.commit,
+                        image=info.image,
+                        requested_by=info.built_by,
+                        started_at=store.utcnow(),
+                        finished_at=store.utcnow(),
+                        log_head='{"phase":"built","message":"Built outside the service\\n"}',
+                        log_lines=1,
+                    )
+                )
+                self.log.info("adopted environment %s from image %s", name, info.image)
+            db.commit()
 
     async def server_usage(self) -> dict[str, list[dict]]:
         return await self.state.server_usage(self.docker, self.settings.hub_name)
@@ -183,7 +229,7 @@ class EnvironmentsService(Application):
             if ids:
                 await asyncio.sleep(0.5)
         if ids:
-            raise web.HTTPError(409, "servers did not stop within %d s; try again", timeout)
+            raise Conflict(f"servers did not stop within {timeout:g} s; try again")
 
     async def remove_images(self, name: str):
         for summary in await dockerops.environment_images(

@@ -74,7 +74,7 @@ class BuildLog:
             return
         try:
             await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             pass
 
     def text(self) -> str:

@@ -1,5 +1,204 @@
-"""HTML pages (placeholder routes; filled in below)."""
+"""HTML pages of the environments service (Jinja, no front-end build step).
+
+Pages log in through the hub (OAuth); forms post back with the XSRF token.
+They call the same operations as the REST API.
+"""
+
+from __future__ import annotations
+
+import os
+
+from sqlalchemy import select
+from tornado import web
+
+from .. import validation
+from . import operations as ops
+from . import store
+from .handlers import BaseHandler
+
+
+class PageHandler(BaseHandler):
+    def hub_prefix(self) -> str:
+        return os.environ.get("JUPYTERHUB_BASE_URL", "/").rstrip("/") + "/hub/"
+
+    def render_page(self, template: str, status: int = 200, **context):
+        self.set_status(status)
+        self.set_header("Content-Security-Policy", "default-src 'self'; frame-ancestors 'self'")
+        jinja = self.settings["jinja"]
+        html = jinja.get_template(template).render(
+            prefix=self.service.service_prefix,
+            hub_prefix=self.hub_prefix(),
+            user=self.current_user,
+            can_manage=self.can_manage,
+            xsrf_form_html=self.xsrf_form_html,
+            xsrf_token=self.xsrf_token.decode(),
+            static_url=self.static_url,
+            format_bytes=validation.format_bytes,
+            **context,
+        )
+        self.finish(html)
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = self._reason
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif isinstance(exc, ops.NotFound):
+            status_code, message = 404, str(exc)
+            self.set_status(404)
+        self.render_page("service/error.html", status=status_code, message=message)
+
+    def log_exception(self, typ, value, tb):
+        if typ is ops.NotFound:
+            return
+        super().log_exception(typ, value, tb)
+
+    def require_read(self):
+        if not self.can_read:
+            raise web.HTTPError(403, "You may not see environments on this hub.")
+
+    def require_manage(self):
+        if not self.can_manage:
+            raise web.HTTPError(403, "Only administrators may change environments.")
+
+    def form(self, *names: str) -> dict:
+        """The named fields of a posted form ('' for a missing one)."""
+        return {n: self.get_body_argument(n, "").strip() for n in names}
+
+    def go(self, path: str):
+        self.redirect(self.service.service_prefix + path)
+
+
+class ListPage(PageHandler):
+    @web.authenticated
+    async def get(self):
+        self.require_read()
+        await self.service.adopt_images()
+        with self.db() as db:
+            envs = db.scalars(select(store.Environment).order_by(store.Environment.name)).all()
+            models = await self.environment_models(db, envs)
+        self.render_page("service/environments.html", environments=models)
+
+
+class NewPage(PageHandler):
+    fields = ("name", "repo", "ref", "display_name", "mem_limit", "cpu_limit")
+
+    @web.authenticated
+    def get(self):
+        self.require_manage()
+        self.render_page("service/new.html", values={"ref": "HEAD"}, error=None)
+
+    @web.authenticated
+    async def post(self):
+        self.require_manage()
+        values = self.form(*self.fields)
+        creds = self.form("username", "token")
+        data = {k: v for k, v in values.items() if v != ""}
+        data.update({k: v for k, v in creds.items() if v})
+        try:
+            with self.db() as db:
+                env, build = ops.create_environment(self.service, db, data, self.username)
+        except (ops.InvalidInput, ops.Conflict) as e:
+            # the token is never sent back into the page
+            status = 409 if isinstance(e, ops.Conflict) else 400
+            self.render_page("service/new.html", status=status, values=values, error=str(e))
+            return
+        self.go(f"environments/{env.name}/builds/{build.id}")
+
+
+class EnvironmentPage(PageHandler):
+    @web.authenticated
+    async def get(self, name, action=None):
+        if action:
+            raise web.HTTPError(405, "use the form on the environment's page")
+        self.require_read()
+        await self.show(name)
+
+    async def show(self, name, error=None, status=200):
+        with self.db() as db:
+            env = ops.find(db, name)
+            (model,) = await self.environment_models(db, [env])
+            builds = db.scalars(
+                select(store.Build)
+                .where(store.Build.environment_id == env.id)
+                .order_by(store.Build.id.desc())
+                .limit(50)
+            ).all()
+            build_models = [self.build_model(b, env.name) for b in builds]
+        self.render_page(
+            "service/environment.html",
+            status=status,
+            env=model,
+            builds=build_models,
+            error=error,
+        )
+
+    @web.authenticated
+    async def post(self, name, action):
+        self.require_manage()
+        try:
+            with self.db() as db:
+                env = ops.find(db, name)
+                if action == "edit":
+                    data = self.form("display_name", "mem_limit", "cpu_limit", "ref")
+                    await ops.update_environment(self.service, db, env, data)
+                elif action == "rebuild":
+                    build = ops.start_build(self.service, db, env, {}, self.username)
+                    return self.go(f"environments/{env.name}/builds/{build.id}")
+                elif action == "delete":
+                    if self.get_body_argument("confirm", "") != env.name:
+                        raise ops.InvalidInput(
+                            "confirm", "type the environment's name to delete it"
+                        )
+                    stop = self.get_body_argument("stop_servers", "") == "on"
+                    await ops.delete_environment(self.service, db, env, stop)
+                    return self.go("")
+        except (ops.InvalidInput, ops.Conflict) as e:
+            status = 409 if isinstance(e, ops.Conflict) else 400
+            return await self.show(name, error=str(e), status=status)
+        self.go(f"environments/{name}")
+
+
+class BuildPage(PageHandler):
+    @web.authenticated
+    async def get(self, name, build_id):
+        self.require_read()
+        with self.db() as db:
+            env = ops.find(db, name)
+            build = ops.find_build(db, env, build_id)
+            model = self.build_model(build, env.name)
+            log = self.service.builds.log_for(build)
+            env_display = env.display_name
+        entries = log.entries_from(0)
+        self.render_page(
+            "service/build.html",
+            env_name=name,
+            env_display=env_display,
+            build=model,
+            log_text="".join(e["message"] for _, e in entries),
+            log_next=(entries[-1][0] + 1) if entries else 0,
+        )
+
+    @web.authenticated
+    async def post(self, name, build_id):
+        self.require_manage()
+        try:
+            with self.db() as db:
+                env = ops.find(db, name)
+                await ops.cancel_build(self.service, db, env, ops.find_build(db, env, build_id))
+        except ops.Conflict:
+            pass  # finished meanwhile: the page shows how
+        self.go(f"environments/{name}/builds/{build_id}")
 
 
 def routes(prefix: str) -> list:
-    return []
+    name = r"(?P<name>[a-z0-9][a-z0-9._-]{0,62})"
+    build = r"(?P<build_id>[0-9]{1,12})"
+    return [
+        (prefix, ListPage),
+        (prefix + "new", NewPage),
+        (prefix + rf"environments/{name}", EnvironmentPage),
+        (prefix + rf"environments/{name}/(?P<action>edit|rebuild|delete)", EnvironmentPage),
+        (prefix + rf"environments/{name}/builds/{build}", BuildPage),
+        (prefix + rf"environments/{name}/builds/{build}/cancel", BuildPage),
+    ]

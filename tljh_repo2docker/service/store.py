@@ -39,7 +39,7 @@ FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
 
 
 def utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
 
 class Base(DeclarativeBase):

@@ -1,0 +1,158 @@
+"""What an admin can do to environments, shared by the REST API and the pages.
+
+Each operation validates its raw input and raises ``InvalidInput`` (400),
+``Conflict`` (409) or ``NotFound`` (404); the callers turn those into JSON
+or into a message on the page.
+"""
+
+from __future__ import annotations
+
+from .. import labels, validation
+from ..builder import validate_request
+from ..validation import InvalidInput
+from . import dockerops, store
+from .builds import Conflict, Credentials
+
+MAX_CREDENTIAL_LENGTH = 1024
+CREATE_FIELDS = {"name", "repo", "ref", "display_name", "mem_limit", "cpu_limit"}
+CREDENTIAL_FIELDS = {"username", "token"}
+UPDATE_FIELDS = {"display_name", "mem_limit", "cpu_limit", "ref"}
+
+__all__ = ["Conflict", "InvalidInput", "NotFound"]
+
+
+class NotFound(LookupError):
+    pass
+
+
+def check_fields(data: dict, allowed: set[str]):
+    unknown = set(data) - allowed
+    if unknown:
+        raise InvalidInput("body", "unknown fields: " + ", ".join(sorted(unknown))[:200])
+
+
+def credentials_from(data: dict) -> Credentials | None:
+    """Optional username + token for a private repository (both or neither)."""
+    username, token = data.get("username"), data.get("token")
+    if username in (None, "") and token in (None, ""):
+        return None
+    for field, value in (("username", username), ("token", token)):
+        if not isinstance(value, str) or not value:
+            raise InvalidInput(field, "private repositories need both a username and a token")
+        if len(value) > MAX_CREDENTIAL_LENGTH:
+            raise InvalidInput(field, f"must be at most {MAX_CREDENTIAL_LENGTH} characters")
+        if any(c in value for c in "\r\n\x00"):
+            raise InvalidInput(field, "must not contain line breaks")
+    return Credentials(username, token)
+
+
+def find(db, name: str) -> store.Environment:
+    env = store.find_environment(db, name)
+    if env is None:
+        raise NotFound(f"no environment named {name[:100]}")
+    return env
+
+
+def find_build(db, env: store.Environment, build_id) -> store.Build:
+    build = db.get(store.Build, int(build_id))
+    if build is None or build.environment_id != env.id:
+        raise NotFound(f"environment {env.name} has no build {build_id}")
+    return build
+
+
+def create_environment(service, db, data: dict, username: str):
+    """Validate, store and queue the first build. Returns (environment, build)."""
+    check_fields(data, CREATE_FIELDS | CREDENTIAL_FIELDS)
+    request = validate_request(
+        service.settings,
+        name=data.get("name"),
+        repo=data.get("repo"),
+        ref=data.get("ref") or "HEAD",
+        display_name=data.get("display_name"),
+        mem_limit=data.get("mem_limit"),
+        cpu_limit=data.get("cpu_limit"),
+    )
+    credentials = credentials_from(data)
+    if store.find_environment(db, request.name) is not None:
+        raise Conflict(f"an environment named {request.name} exists already")
+    env = store.Environment(
+        name=request.name,
+        display_name=request.display_name,
+        repo=request.repo,
+        ref=request.ref,
+        mem_limit=request.mem_limit,
+        cpu_limit=request.cpu_limit,
+        created_by=username,
+    )
+    db.add(env)
+    db.commit()
+    return env, service.builds.start(db, env, username, credentials)
+
+
+def start_build(service, db, env: store.Environment, data: dict, username: str):
+    """Build the environment's ref again (a new commit, or a cached image)."""
+    check_fields(data, CREDENTIAL_FIELDS)
+    return service.builds.start(db, env, username, credentials_from(data))
+
+
+async def update_environment(service, db, env: store.Environment, data: dict):
+    """Change display name, limits or ref; built images get the new labels."""
+    check_fields(data, UPDATE_FIELDS)
+    if store.active_build(db, env) is not None:
+        raise Conflict("wait for the running build to finish, or cancel it")
+    changes = {}
+    if "display_name" in data:
+        changes["display_name"] = validation.display_name(data["display_name"])
+    if "mem_limit" in data:
+        changes["mem_limit"] = validation.mem_limit(data["mem_limit"])
+    if "cpu_limit" in data:
+        changes["cpu_limit"] = validation.cpu_limit(data["cpu_limit"])
+    if "ref" in data:
+        changes["ref"] = validation.ref(data["ref"])
+    for key, value in changes.items():
+        setattr(env, key, value)
+    env.updated_at = store.utcnow()
+    if changes.keys() & {"display_name", "mem_limit", "cpu_limit"}:
+        await relabel_images(service, env)
+    db.commit()
+    return env
+
+
+async def relabel_images(service, env: store.Environment):
+    new = {
+        labels.DISPLAY_NAME: env.display_name,
+        labels.MEM_LIMIT: validation.format_bytes(env.mem_limit),
+        labels.CPU_LIMIT: "" if env.cpu_limit is None else f"{env.cpu_limit:g}",
+    }
+    hub = service.settings.hub_name
+    for summary in await dockerops.environment_images(service.docker, hub, env.name):
+        for tag in summary.get("RepoTags") or []:
+            if tag and tag != "<none>:<none>":
+                await dockerops.relabel(service.docker, tag, new)
+    service.catalogue.invalidate()
+
+
+async def delete_environment(service, db, env: store.Environment, stop_servers: bool):
+    """Remove the environment and its images. Homes are never touched."""
+    if store.active_build(db, env) is not None:
+        raise Conflict(f"cancel the running build of {env.name} first")
+    service.state.invalidate()
+    servers = (await service.server_usage()).get(env.name, [])
+    if servers and not stop_servers:
+        users = ", ".join(sorted({s["user"] for s in servers}))[:500]
+        raise Conflict(
+            f"{len(servers)} server(s) use {env.name} (users: {users}); "
+            "confirm stopping them to delete it"
+        )
+    await service.stop_servers(servers)
+    await service.remove_images(env.name)
+    db.delete(env)
+    db.commit()
+
+
+async def cancel_build(service, db, env: store.Environment, build: store.Build):
+    if build.status in store.FINAL_STATES or not service.builds.cancel(build.id):
+        raise Conflict(f"build {build.id} is already {build.status}")
+    await service.builds.wait(build.id)
+    db.expire_all()
+    return db.get(store.Build, build.id)
