@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from .dockerfixtures import ROOT, dump_container_logs, make_git_repo, remove_hub_objects
-from .hubprocess import CHP, HubProcess
+from .hubprocess import CHP, HubProcess, free_port
 
 OFFLINE_R2D_CONFIG = str(ROOT / "examples" / "repo2docker-offline.py")
 
@@ -51,6 +51,7 @@ def hub_settings(tmp_path_factory, hub_name):
         "homes_dir": str(tmp_path_factory.mktemp("homes")),
         "allow_local_repos": True,
         "repo2docker_config": [OFFLINE_R2D_CONFIG],
+        "service_port": free_port(),
     }
 
 

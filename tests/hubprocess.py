@@ -77,11 +77,36 @@ class HubProcess:
                 raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 if requests.get(self.url + "/hub/api", timeout=2).status_code == 200:
+                    self.wait_service(deadline)
                     return self
             except requests.ConnectionError:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"hub did not answer within {timeout} s:\n{self.log_tail()}")
+
+    @property
+    def service_url(self) -> str:
+        return f"{self.url}/services/environments"
+
+    def wait_service(self, deadline: float):
+        """Until the environments service answers through the proxy (the hub
+        starts it, then adds its route)."""
+        while time.monotonic() < deadline:
+            r = requests.get(self.service_url + "/api/v1/environments", timeout=2)
+            if r.status_code == 403 and r.headers.get("Content-Type", "").startswith(
+                "application/json"
+            ):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"environments service did not answer:\n{self.log_tail()}")
+
+    def service_api(self, method: str, path: str, token: str | None = None, **kwargs):
+        headers = kwargs.pop("headers", {})
+        if token is not None:
+            headers["Authorization"] = f"token {token}"
+        return requests.request(
+            method, f"{self.service_url}/api/v1{path}", headers=headers, timeout=60, **kwargs
+        )
 
     def stop(self, timeout: float = 30):
         """SIGTERM and wait: the hub stops its proxy and managed services."""

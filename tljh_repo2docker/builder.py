@@ -46,7 +46,8 @@ class BuildSettings(Configurable):
         help="repo2docker config files (Python traitlets config) passed with --config.",
     ).tag(config=True)
     base_image = Unicode(
-        "", help="Base image for repo2docker's build packs (Repo2Docker.base_image); empty: default."
+        "",
+        help="Base image for repo2docker's build packs (Repo2Docker.base_image); empty: default.",
     ).tag(config=True)
     appendix = Unicode(
         "", help="Dockerfile lines appended to every build pack build (--appendix)."
@@ -87,6 +88,7 @@ class BuildRequest:
     built_by: str = ""
     owner: str = ""
     visibility: str = "public"
+    build_args: tuple[tuple[str, str], ...] = ()
 
 
 def validate_request(
@@ -99,6 +101,7 @@ def validate_request(
     mem_limit=None,
     cpu_limit=None,
     built_by="",
+    build_args=None,
 ) -> BuildRequest:
     """Validate raw input (from a form, the API or the CLI) into a BuildRequest."""
     name = validation.environment_name(name)
@@ -112,6 +115,7 @@ def validate_request(
         mem_limit=validation.mem_limit(mem_limit),
         cpu_limit=validation.cpu_limit(cpu_limit),
         built_by=built_by,
+        build_args=tuple(sorted(validation.build_args(build_args).items())),
     )
 
 
@@ -162,6 +166,8 @@ def repo2docker_argv(
     )
     for key, value in image_labels.items():
         argv += ["--label", f"{key}={value}"]
+    for name, value in request.build_args:
+        argv += ["--build-arg", f"{name}={value}"]
     argv += list(settings.extra_args)
     # "--" ends the options: a repository can never be read as one.
     argv += ["--", request.repo]

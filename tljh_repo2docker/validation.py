@@ -61,8 +61,7 @@ def environment_name(value) -> str:
     if not _NAME_RE.fullmatch(value):
         raise InvalidInput(
             "name",
-            "use 1-63 lowercase letters and digits, with single '.', '_' or '-' "
-            "between them",
+            "use 1-63 lowercase letters and digits, with single '.', '_' or '-' between them",
         )
     return value
 
@@ -162,6 +161,41 @@ def cpu_limit(value) -> float | None:
     if not MIN_CPU <= cpus <= MAX_CPU:
         raise InvalidInput("cpu_limit", f"must be between {MIN_CPU} and {MAX_CPU:g}")
     return cpus
+
+
+_BUILD_ARG_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+MAX_BUILD_ARGS = 20
+MAX_BUILD_ARG_VALUE = 1024
+
+
+def build_args(value) -> dict[str, str]:
+    """Docker build arguments: a mapping NAME -> value, or 'NAME=value' lines."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        pairs = {}
+        for line in value.splitlines():
+            if not line.strip():
+                continue
+            name, sep, arg = line.strip().partition("=")
+            if not sep:
+                raise InvalidInput("build_args", f"write NAME=value, not {line[:40]!r}")
+            pairs[name.strip()] = arg
+        value = pairs
+    if not isinstance(value, dict):
+        raise InvalidInput("build_args", "must be an object of NAME: value")
+    if len(value) > MAX_BUILD_ARGS:
+        raise InvalidInput("build_args", f"at most {MAX_BUILD_ARGS} build arguments")
+    out = {}
+    for name, arg in value.items():
+        if not isinstance(name, str) or not _BUILD_ARG_NAME_RE.fullmatch(name):
+            raise InvalidInput("build_args", f"{str(name)[:40]!r} is not a valid name")
+        if not isinstance(arg, str):
+            raise InvalidInput("build_args", f"the value of {name} must be a string")
+        if len(arg) > MAX_BUILD_ARG_VALUE or _CONTROL_RE.search(arg):
+            raise InvalidInput("build_args", f"the value of {name} is too long or not text")
+        out[name] = arg
+    return out
 
 
 def format_bytes(size: int | None) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import os
 import signal
@@ -132,6 +133,7 @@ class BuildManager:
             mem_limit=environment.mem_limit,
             cpu_limit=environment.cpu_limit,
             built_by=requested_by,
+            build_args=tuple(sorted(json.loads(environment.build_args or "{}").items())),
         )
         self.logs[build.id] = BuildLog(
             head_size=self.log_head,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from jupyterhub.services.auth import HubOAuthenticated
@@ -87,6 +88,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             "ref": env.ref,
             "mem_limit": validation.format_bytes(env.mem_limit) or None,
             "cpu_limit": env.cpu_limit,
+            "build_args": json.loads(env.build_args or "{}"),
             "created_by": env.created_by,
             "created_at": iso(env.created_at),
             "updated_at": iso(env.updated_at),

@@ -7,6 +7,8 @@ or into a message on the page.
 
 from __future__ import annotations
 
+import json
+
 from .. import labels, validation
 from ..builder import validate_request
 from ..validation import InvalidInput
@@ -14,9 +16,9 @@ from . import dockerops, store
 from .builds import Conflict, Credentials
 
 MAX_CREDENTIAL_LENGTH = 1024
-CREATE_FIELDS = {"name", "repo", "ref", "display_name", "mem_limit", "cpu_limit"}
+CREATE_FIELDS = {"name", "repo", "ref", "display_name", "mem_limit", "cpu_limit", "build_args"}
 CREDENTIAL_FIELDS = {"username", "token"}
-UPDATE_FIELDS = {"display_name", "mem_limit", "cpu_limit", "ref"}
+UPDATE_FIELDS = {"display_name", "mem_limit", "cpu_limit", "ref", "build_args"}
 
 __all__ = ["Conflict", "InvalidInput", "NotFound"]
 
@@ -71,6 +73,7 @@ def create_environment(service, db, data: dict, username: str):
         display_name=data.get("display_name"),
         mem_limit=data.get("mem_limit"),
         cpu_limit=data.get("cpu_limit"),
+        build_args=data.get("build_args"),
     )
     credentials = credentials_from(data)
     if store.find_environment(db, request.name) is not None:
@@ -82,6 +85,7 @@ def create_environment(service, db, data: dict, username: str):
         ref=request.ref,
         mem_limit=request.mem_limit,
         cpu_limit=request.cpu_limit,
+        build_args=json.dumps(dict(request.build_args)),
         created_by=username,
     )
     db.add(env)
@@ -109,6 +113,9 @@ async def update_environment(service, db, env: store.Environment, data: dict):
         changes["cpu_limit"] = validation.cpu_limit(data["cpu_limit"])
     if "ref" in data:
         changes["ref"] = validation.ref(data["ref"])
+    if "build_args" in data:
+        # used by the next build (an image's build arguments cannot change)
+        changes["build_args"] = json.dumps(validation.build_args(data["build_args"]))
     for key, value in changes.items():
         setattr(env, key, value)
     env.updated_at = store.utcnow()

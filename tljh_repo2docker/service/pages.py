@@ -81,7 +81,7 @@ class ListPage(PageHandler):
 
 
 class NewPage(PageHandler):
-    fields = ("name", "repo", "ref", "display_name", "mem_limit", "cpu_limit")
+    fields = ("name", "repo", "ref", "display_name", "mem_limit", "cpu_limit", "build_args")
 
     @web.authenticated
     def get(self):
@@ -140,7 +140,7 @@ class EnvironmentPage(PageHandler):
             with self.db() as db:
                 env = ops.find(db, name)
                 if action == "edit":
-                    data = self.form("display_name", "mem_limit", "cpu_limit", "ref")
+                    data = self.form("display_name", "mem_limit", "cpu_limit", "ref", "build_args")
                     await ops.update_environment(self.service, db, env, data)
                 elif action == "rebuild":
                     build = ops.start_build(self.service, db, env, {}, self.username)

@@ -56,6 +56,8 @@ class Environment(Base):
     ref: Mapped[str] = mapped_column(String(255))
     mem_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cpu_limit: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Docker build arguments as a JSON object (schema version 2)
+    build_args: Mapped[str] = mapped_column(Text, default="{}")
     created_by: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
@@ -104,12 +106,42 @@ class Build(Base):
 
 # --- migrations ---------------------------------------------------------------
 def _create_v1(conn: Connection):
-    Base.metadata.create_all(conn)
+    # The first schema, spelled out: later migrations alter it.
+    conn.execute(
+        text(
+            """CREATE TABLE environments (
+            id INTEGER PRIMARY KEY, name VARCHAR(63) NOT NULL UNIQUE,
+            display_name VARCHAR(100) NOT NULL, repo VARCHAR(2048) NOT NULL,
+            ref VARCHAR(255) NOT NULL, mem_limit INTEGER, cpu_limit FLOAT,
+            created_by VARCHAR(255) NOT NULL, created_at DATETIME NOT NULL,
+            updated_at DATETIME NOT NULL)"""
+        )
+    )
+    conn.execute(text("CREATE INDEX ix_environments_name ON environments (name)"))
+    conn.execute(
+        text(
+            """CREATE TABLE builds (
+            id INTEGER PRIMARY KEY,
+            environment_id INTEGER NOT NULL REFERENCES environments (id) ON DELETE CASCADE,
+            status VARCHAR(16) NOT NULL, ref VARCHAR(255) NOT NULL,
+            "commit" VARCHAR(64) NOT NULL, image VARCHAR(400) NOT NULL,
+            cached BOOLEAN NOT NULL, requested_by VARCHAR(255) NOT NULL,
+            created_at DATETIME NOT NULL, started_at DATETIME, finished_at DATETIME,
+            error TEXT NOT NULL, pid INTEGER, log_head TEXT NOT NULL,
+            log_tail TEXT NOT NULL, log_lines INTEGER NOT NULL)"""
+        )
+    )
+    conn.execute(text("CREATE INDEX ix_builds_environment_id ON builds (environment_id)"))
+    conn.execute(text("CREATE INDEX ix_builds_status ON builds (status)"))
 
 
-# Append only. Each entry takes a connection inside a transaction. Version 1
-# is the first schema; later versions alter it (e.g. ``ALTER TABLE ...``).
-MIGRATIONS: list[Callable[[Connection], None]] = [_create_v1]
+def _add_build_args_v2(conn: Connection):
+    conn.execute(text("ALTER TABLE environments ADD COLUMN build_args TEXT NOT NULL DEFAULT '{}'"))
+
+
+# Append only. Each entry takes a connection inside a transaction and moves
+# the schema one version up; ``schema_version`` records how far a database is.
+MIGRATIONS: list[Callable[[Connection], None]] = [_create_v1, _add_build_args_v2]
 
 
 def schema_version(conn: Connection) -> int:
