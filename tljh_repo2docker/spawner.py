@@ -159,6 +159,16 @@ class Repo2DockerSpawner(DockerSpawner):
             )
         return info
 
+    if "apply_user_options" in DockerSpawner.class_traits():
+        # JupyterHub >= 5.3 validates user options before start(); a 400 here
+        # reaches the user as is. (start() checks again for JupyterHub 5.2.)
+        @default("apply_user_options")
+        def _default_apply_user_options(self):
+            async def validate_choice(spawner, user_options):
+                await spawner.resolve_choice(user_options or {})
+
+            return validate_choice
+
     async def check_allowed(self, image):
         # DockerSpawner calls this for user_options["image"]: same rule.
         return (await self.resolve_choice({"image": image})).image
