@@ -140,9 +140,9 @@ def repo2docker_argv(
         settings.user_name,
         "--image-name",
         labels.image_tag(settings.image_prefix, request.name, commit),
-        "--ref",
-        commit,
     ]
+    if request.ref:  # archives (DOIs) have no ref
+        argv += ["--ref", commit]
     for path in settings.repo2docker_config:
         argv += ["--config", path]
     if settings.base_image:

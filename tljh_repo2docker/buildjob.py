@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -28,6 +29,11 @@ class BuildResult:
     image: str
     commit: str
     cached: bool
+
+
+def archive_id(repo: str) -> str:
+    """A stable 40-hex id standing in for the commit of a repository without one."""
+    return hashlib.sha1(repo.encode(), usedforsecurity=False).hexdigest()
 
 
 def utcnow_iso() -> str:
@@ -62,13 +68,17 @@ async def run_build(
     ``slot`` (e.g. a semaphore) is held only while repo2docker runs, so
     resolving the ref and reusing an image never wait behind other builds.
     """
-    on_line(LogLine("fetching", f"Resolving {request.ref} in {request.repo}\n"))
-    try:
-        commit = await gitref.resolve_ref(
-            request.repo, request.ref, timeout=settings.git_timeout, env=env
-        )
-    except gitref.RefNotFound as e:
-        raise BuildFailed(f"Cannot resolve {request.ref!r}: {e}") from e
+    if request.ref:
+        on_line(LogLine("fetching", f"Resolving {request.ref} in {request.repo}\n"))
+        try:
+            commit = await gitref.resolve_ref(
+                request.repo, request.ref, timeout=settings.git_timeout, env=env
+            )
+        except gitref.RefNotFound as e:
+            raise BuildFailed(f"Cannot resolve {request.ref!r}: {e}") from e
+    else:
+        # an archive (a DOI names one immutable version): its name is its id
+        commit = archive_id(request.repo)
     tag = labels.image_tag(settings.image_prefix, request.name, commit)
     on_line(LogLine("fetching", f"{request.ref} is commit {commit}\n"))
     if on_resolved is not None:

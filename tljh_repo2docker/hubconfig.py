@@ -40,6 +40,7 @@ KEYS = {
     "extra_args": ("BuildSettings", "extra_args"),
     "build_concurrency": ("EnvironmentsService", "build_concurrency"),
     "db_url": ("EnvironmentsService", "db_url"),
+    "launch_build_policy": ("EnvironmentsService", "launch_build_policy"),
 }
 # Keys read here rather than mapped onto a trait.
 OWN_KEYS = {"hub_ip", "service_port"}
@@ -119,6 +120,8 @@ def add_service(c, settings: dict, python: str = sys.executable):
         }
     )
     c.JupyterHub.services = services
+    # launch links open a named server per repository
+    c.JupyterHub.allow_named_servers = True
 
     scopes = dict(c.JupyterHub.custom_scopes) if "custom_scopes" in c.JupyterHub else {}
     scopes[READ_SCOPE] = {"description": "See environments and their builds."}

@@ -20,14 +20,14 @@ from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from sqlalchemy import select
 from tornado import web
 from tornado.httpserver import HTTPServer
-from traitlets import Integer, Unicode, default
+from traitlets import Enum, Integer, Unicode, default
 from traitlets.config import Application
 
 from .. import hubconfig, tljhconfig
 from ..assets import STATIC_DIR, jinja_env
 from ..builder import BuildSettings
 from ..catalogue import Catalogue
-from . import api, dockerops, pages, store
+from . import api, dockerops, launch, pages, store
 from .builds import BuildManager, Conflict
 from .handlers import MANAGE_SCOPE, READ_SCOPE, ServiceState
 from .hubclient import HubClient
@@ -55,6 +55,12 @@ class EnvironmentsService(Application):
         config=True
     )
     log_tail_lines = Integer(2000, help="Last lines of a build log that are kept.").tag(config=True)
+    launch_build_policy = Enum(
+        ["users", "admins"],
+        "users",
+        help="Who may build an environment by following a launch link: any user, "
+        "or only those who may manage environments.",
+    ).tag(config=True)
     service_prefix = Unicode(help="URL prefix of the service (from the hub).").tag(config=True)
     bind_url = Unicode(help="Where to listen (from the hub: $JUPYTERHUB_SERVICE_URL).").tag(
         config=True
@@ -109,6 +115,7 @@ class EnvironmentsService(Application):
         handlers = [
             (prefix + "oauth_callback", OAuthCallbackHandler),
             *api.routes(prefix + "api/v1"),
+            *launch.routes(prefix),
             *pages.routes(prefix),
         ]
         return web.Application(

@@ -77,6 +77,21 @@ class BuildLog:
         except asyncio.TimeoutError:
             pass
 
+    async def follow(self, start: int = 0, keepalive: float = 15):
+        """Yield (number, entry) from line ``start`` until the log finishes;
+        ``None`` after ``keepalive`` seconds without a line."""
+        next_line = start
+        while True:
+            for number, entry in self.entries_from(next_line):
+                yield number, entry
+                next_line = number + 1
+            if self.finished:
+                return
+            before = self.count
+            await self.wait(keepalive)
+            if self.count == before and not self.finished:
+                yield None
+
     def text(self) -> str:
         return "".join(e["message"] for _, e in self.entries_from(0))
 

@@ -112,14 +112,17 @@ class BuildManager:
         environment: store.Environment,
         requested_by: str,
         credentials: Credentials | None = None,
+        ref: str | None = None,
     ) -> store.Build:
-        """Queue a build of ``environment`` at its ref; Conflict if one is active."""
+        """Queue a build of ``environment`` at its ref (or ``ref``); Conflict if
+        one is active."""
+        ref = environment.ref if ref is None else ref
         active = store.active_build(db, environment)
         if active is not None:
             raise Conflict(f"build {active.id} of {environment.name} is already {active.status}")
         build = store.Build(
             environment_id=environment.id,
-            ref=environment.ref,
+            ref=ref,
             requested_by=requested_by,
             status=store.QUEUED,
         )
@@ -128,7 +131,7 @@ class BuildManager:
         request = BuildRequest(
             name=environment.name,
             repo=environment.repo,
-            ref=environment.ref,
+            ref=ref,
             display_name=environment.display_name,
             mem_limit=environment.mem_limit,
             cpu_limit=environment.cpu_limit,
