@@ -1,0 +1,117 @@
+"""Launch links end to end: the BinderHub-style build stream, the named
+server per repository, and the redirect target (real hub, service, Docker)."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+import pytest
+import requests
+
+from tljh_repo2docker import providers
+
+from .dockerfixtures import commit_change, containers
+
+pytestmark = pytest.mark.docker
+
+
+def events(hub, token, path: str, timeout: float = 180) -> list[dict]:
+    """All events of one /build stream."""
+    r = requests.get(
+        f"{hub.service_url}/build/{path}",
+        headers={"Authorization": f"token {token}"},
+        stream=True,
+        timeout=timeout,
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith("text/event-stream")
+    out = []
+    for line in r.iter_lines(decode_unicode=True):
+        if line and line.startswith("data: "):
+            out.append(json.loads(line[len("data: ") :]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def student(hub):
+    return hub.user_token("student")
+
+
+@pytest.fixture(scope="module")
+def spec_path(git_repo):
+    return "git/" + quote(f"file://{git_repo}", safe="") + "/main"
+
+
+def test_first_launch_builds_then_opens_a_named_server(hub, student, spec_path, git_repo, hub_name):
+    got = events(hub, student, spec_path + "?urlpath=lab/tree/notes.ipynb")
+    phases = [e["phase"] for e in got]
+    assert phases[0] == "waiting"
+    assert "building" in phases, phases
+    assert phases[-1] == "ready", got[-1]
+    spec = providers.parse("git", spec_path[4:], allow_local=True)
+    url = got[-1]["url"]
+    assert url.endswith(f"/user/student/{spec.server_name}/lab/tree/notes.ipynb")
+    model = hub.api("GET", "/users/student").json()
+    server = model["servers"][spec.server_name]
+    assert server["ready"]
+    assert len(containers(hub_name, "student")) == 1
+    # the server answers at the URL the stream gave (token auth)
+    r = requests.get(
+        url.split("/lab/")[0] + "/api/status",
+        headers={"Authorization": f"token {student}"},
+        timeout=30,
+    )
+    assert r.status_code == 200
+
+
+def test_second_launch_reuses_image_and_server(hub, student, spec_path, hub_name):
+    (before,) = containers(hub_name, "student")
+    got = events(hub, student, spec_path)
+    phases = [e["phase"] for e in got]
+    assert "building" not in phases, phases
+    assert phases[-1] == "ready"
+    assert containers(hub_name, "student") == [before]
+
+
+def test_build_only_stops_at_the_image(hub, student, spec_path, git_repo):
+    new_commit = commit_change(git_repo, "RUN echo second > /tmp/v2")
+    got = events(hub, student, spec_path + "?build_only=true")
+    assert got[-1]["phase"] == "ready"
+    assert got[-1]["image"].endswith(new_commit[:12])
+    assert "building" in [e["phase"] for e in got]
+
+
+@pytest.mark.parametrize(
+    "path, status",
+    [
+        ("svn/x/y/main", 400),
+        ("gh/org%2F..%2F..%2Fetc/repo/main", 400),
+        ("git/" + quote("ftp://example.org/x", safe="") + "/main", 400),
+        ("git/" + quote("file:///nonexistent", safe="") + "/main", 200),  # fails in-stream
+    ],
+)
+def test_bad_specs(hub, student, path, status):
+    r = requests.get(
+        f"{hub.service_url}/build/{path}",
+        headers={"Authorization": f"token {student}"},
+        timeout=60,
+    )
+    assert r.status_code == status, r.text
+    if status == 200:
+        assert '"phase": "failed"' in r.text
+
+
+def test_launch_needs_a_login(hub, spec_path):
+    r = requests.get(f"{hub.service_url}/build/{spec_path}", timeout=30)
+    assert r.status_code == 403
+    # the page sends a browser to the hub's login
+    r = requests.get(f"{hub.service_url}/v2/{spec_path}", timeout=30, allow_redirects=False)
+    assert r.status_code == 302
+
+
+def test_cleanup_student_server(hub, spec_path):
+    spec = providers.parse("git", spec_path[4:], allow_local=True)
+    r = hub.api("DELETE", f"/users/student/servers/{spec.server_name}")
+    assert r.status_code in (202, 204)
+    hub.wait_stopped("student", spec.server_name)
