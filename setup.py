@@ -36,7 +36,7 @@ setup(
     },
     package_data={
         "tljh_repo2docker.templates": ["*.html", "hub/*.html", "service/*.html"],
-        "tljh_repo2docker.static": ["*.css", "*.js"],
+        "tljh_repo2docker.static": ["*.css", "*.js", "*.svg"],
         "tljh_repo2docker.service": ["openapi.yaml"],
     },
     # Everything the hub process imports is an install requirement: TLJH

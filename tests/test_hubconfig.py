@@ -205,3 +205,11 @@ def test_buildx_is_asked_for_only_where_apt_has_it(monkeypatch):
 def test_bridge_ip_reads_an_interface():
     assert hubconfig.bridge_ip("lo") == "127.0.0.1"
     assert hubconfig.bridge_ip("no-such-if0") is None
+
+
+def test_container_names_are_per_hub():
+    c = Config()
+    c.BuildSettings.hub_name = "class-b"
+    assert Repo2DockerSpawner(config=c).prefix == "jupyter-class-b"
+    # the default hub keeps TLJH-like names: jupyter-<user>
+    assert Repo2DockerSpawner(config=Config()).prefix == "jupyter"

@@ -51,6 +51,22 @@ async def image_labels(docker: aiodocker.Docker, tag: str) -> dict | None:
     return (info.get("Config") or {}).get("Labels") or {}
 
 
+async def make_current(docker, hub: str, name: str, tag: str, image_labels_: dict):
+    """Make ``tag`` the environment's current image again (going back to an
+    older commit): the catalogue takes the newest ``built_at``."""
+    from .service.dockerops import environment_images, relabel
+
+    newest = max(
+        (
+            (s.get("Labels") or {}).get(labels.BUILT_AT, "")
+            for s in await environment_images(docker, hub, name)
+        ),
+        default="",
+    )
+    if image_labels_.get(labels.BUILT_AT, "") < newest:
+        await relabel(docker, tag, {labels.BUILT_AT: utcnow_iso()})
+
+
 async def run_build(
     settings: BuildSettings,
     request: BuildRequest,
@@ -87,6 +103,7 @@ async def run_build(
     existing = await image_labels(docker, tag)
     if existing is not None and existing.get(labels.HUB) == settings.hub_name:
         on_line(LogLine("built", f"Image {tag} is already built for this commit\n"))
+        await make_current(docker, settings.hub_name, request.name, tag, existing)
         return BuildResult(tag, commit, cached=True)
 
     async with slot or contextlib.nullcontext():

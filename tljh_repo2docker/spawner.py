@@ -87,6 +87,13 @@ class Repo2DockerSpawner(DockerSpawner):
         # until stop() removes it, so the spawn page can show why.
         return {"auto_remove": False}
 
+    @default("prefix")
+    def _default_prefix(self):
+        # Container names are global to the engine: hubs that share one
+        # (distinct hub_name) must not take each other's containers.
+        hub = self.build_settings.hub_name
+        return "jupyter" if hub == "default" else f"jupyter-{hub}"
+
     @default("options_form")
     def _default_options_form(self):
         return Repo2DockerSpawner.render_options_form

@@ -30,6 +30,10 @@ class APIHandler(BaseHandler):
         # method, and must not recurse.)
         if self.request.headers.get("Authorization"):
             self.current_user  # noqa: B018
+        elif not self.get_cookie(self.hub_auth.cookie_name):
+            # neither token nor login cookie: nothing to forge, and require()
+            # answers 403 "authentication required" rather than "_xsrf missing"
+            return None
         return super().check_xsrf_cookie()
 
     def set_default_headers(self):
@@ -64,7 +68,10 @@ class APIHandler(BaseHandler):
 
     def require(self, scope: str):
         if self.current_user is None:
-            raise web.HTTPError(403, "authentication required: send a hub API token")
+            # no token, an invalid one, or one without any of our scopes
+            raise web.HTTPError(
+                403, "authentication required: send a hub API token with the scope %s", scope
+            )
         allowed = self.can_manage if scope == MANAGE_SCOPE else self.can_read
         if not allowed:
             raise web.HTTPError(403, "this requires the scope %s", scope)

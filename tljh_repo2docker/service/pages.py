@@ -7,6 +7,7 @@ They call the same operations as the REST API.
 from __future__ import annotations
 
 import os
+from urllib.parse import quote
 
 from sqlalchemy import select
 from tornado import web
@@ -131,7 +132,22 @@ class EnvironmentPage(PageHandler):
             env=model,
             builds=build_models,
             error=error,
+            launch=self.launch_link(model),
         )
+
+    def launch_link(self, env: dict) -> dict | None:
+        """A Binder-style link (and badges) that builds and opens this repository."""
+        if not env["ref"]:
+            return None
+        origin = f"{self.request.protocol}://{self.request.host}"
+        prefix = self.service.service_prefix
+        url = f"{origin}{prefix}v2/git/{quote(env['repo'], safe='')}/{quote(env['ref'], safe='')}"
+        badge = f"{origin}{self.static_url('badge.svg', include_version=False)}"
+        return {
+            "url": url,
+            "markdown": f"[![Launch on the hub]({badge})]({url})",
+            "rst": f".. image:: {badge}\n   :target: {url}",
+        }
 
     @web.authenticated
     async def post(self, name, action):
