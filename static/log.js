@@ -23,6 +23,11 @@
       badge.dataset.status = build.status;
       badge.className = "badge r2d-status r2d-status-" + build.status;
     }
+    var facts = document.getElementById("build-facts");
+    if (facts && build.commit) {
+      facts.textContent = "ref " + build.ref + ", commit " + build.commit +
+        (build.image ? ", image " + build.image : "");
+    }
     var queue = document.getElementById("queue-position");
     if (queue) queue.textContent = build.queue_position ? "#" + build.queue_position + " in the queue" : "";
     if (build.status !== "queued" && build.status !== "running") {

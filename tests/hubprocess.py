@@ -23,7 +23,8 @@ CHP = ROOT / ".cache" / "node" / "node_modules" / ".bin" / "configurable-http-pr
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        # every interface: the hub binds the Docker bridge, not loopback
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 

@@ -125,9 +125,17 @@ def test_service_scopes_and_roles(tljh_prefix, monkeypatch):
     assert env["oauth_no_confirm"] is True
     assert set(env["oauth_client_allowed_scopes"]) == {
         hubconfig.READ_SCOPE,
+        hubconfig.BUILD_SCOPE,
+        hubconfig.MANAGE_SCOPE,
+        "read:users:groups!user",
+    }
+    assert set(c.JupyterHub.custom_scopes) == {
+        hubconfig.READ_SCOPE,
+        hubconfig.BUILD_SCOPE,
         hubconfig.MANAGE_SCOPE,
     }
-    assert set(c.JupyterHub.custom_scopes) == {hubconfig.READ_SCOPE, hubconfig.MANAGE_SCOPE}
+    assert c.JupyterHub.allow_named_servers is True
+    assert c.JupyterHub.named_server_limit_per_user == 5
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert "self" in roles["user"]["scopes"]
     assert hubconfig.READ_SCOPE in roles["user"]["scopes"]
@@ -137,6 +145,33 @@ def test_service_scopes_and_roles(tljh_prefix, monkeypatch):
     assert roles["environments-service"]["services"] == [hubconfig.SERVICE_NAME]
     assert c.JupyterHub.template_paths[0].endswith("hub")
     assert c.JupyterHub.template_vars["tljh_repo2docker_url"] == "/services/environments/"
+
+
+@pytest.mark.parametrize(
+    "policy, user_builds, group",
+    [("users", True, None), ("admins", False, None), ("group:teachers", False, "teachers")],
+)
+def test_build_policy(tljh_prefix, monkeypatch, policy, user_builds, group):
+    tljh_prefix({"build_policy": policy})
+    c = run_hook(tljh_defaults(), monkeypatch=monkeypatch)
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert (hubconfig.BUILD_SCOPE in roles["user"]["scopes"]) is user_builds
+    if group:
+        assert roles[hubconfig.BUILDER_ROLE]["groups"] == [group]
+        assert group in c.JupyterHub.load_groups
+    else:
+        assert hubconfig.BUILDER_ROLE not in roles
+    # managers always build
+    manager_scopes = c.JupyterHub.custom_scopes[hubconfig.MANAGE_SCOPE]["subscopes"]
+    assert hubconfig.BUILD_SCOPE in manager_scopes
+
+
+def test_a_bad_build_policy_falls_back_to_admins(tljh_prefix, monkeypatch, caplog):
+    tljh_prefix({"build_policy": "everyone!"})
+    c = run_hook(tljh_defaults(), monkeypatch=monkeypatch)
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert hubconfig.BUILD_SCOPE not in roles["user"]["scopes"]
+    assert "build_policy" in caplog.text
 
 
 def test_hook_twice_does_not_duplicate(tljh_prefix, monkeypatch):

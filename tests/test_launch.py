@@ -4,6 +4,7 @@ server per repository, and the redirect target (real hub, service, Docker)."""
 from __future__ import annotations
 
 import json
+import os
 from urllib.parse import quote
 
 import pytest
@@ -11,7 +12,7 @@ import requests
 
 from tljh_repo2docker import providers
 
-from .dockerfixtures import commit_change, containers
+from .dockerfixtures import SINGLEUSER_IMAGE, commit_change, containers, make_git_repo
 
 pytestmark = pytest.mark.docker
 
@@ -39,19 +40,43 @@ def student(hub):
 
 
 @pytest.fixture(scope="module")
-def spec_path(git_repo):
-    return "git/" + quote(f"file://{git_repo}", safe="") + "/main"
+def project_repo(tmp_path_factory, hub_name):
+    """A repository whose image has its files in the home, as repo2docker's
+    build packs put them."""
+    path = make_git_repo(tmp_path_factory.mktemp("project") / "course", marker=hub_name)
+    (path / "Dockerfile").write_text(
+        f"FROM {SINGLEUSER_IMAGE}\nCOPY --chown=1000:1000 . /home/jovyan/\n"
+    )
+    (path / "lesson.md").write_text("# Lesson 1\n")
+    (path / "data").mkdir()
+    (path / "data" / "points.csv").write_text("x,y\n1,2\n")
+    (path / ".hidden").write_text("not for users\n")
+    commit_change(path, "# with files")
+    return path
 
 
-def test_first_launch_builds_then_opens_a_named_server(hub, student, spec_path, git_repo, hub_name):
-    got = events(hub, student, spec_path + "?urlpath=lab/tree/notes.ipynb")
+@pytest.fixture(scope="module")
+def spec_path(project_repo):
+    return "git/" + quote(f"file://{project_repo}", safe="") + "/main"
+
+
+def test_first_launch_builds_then_opens_a_named_server(
+    hub, student, spec_path, hub_name, hub_settings
+):
+    got = events(hub, student, spec_path + "?labpath=lesson.md")
     phases = [e["phase"] for e in got]
     assert phases[0] == "waiting"
     assert "building" in phases, phases
     assert phases[-1] == "ready", got[-1]
     spec = providers.parse("git", spec_path[4:], allow_local=True)
     url = got[-1]["url"]
-    assert url.endswith(f"/user/student/{spec.server_name}/lab/tree/notes.ipynb")
+    # opened in the project folder, at the file the link names
+    assert url.endswith(f"/user/student/{spec.server_name}/lab/tree/{spec.server_name}/lesson.md")
+    project = os.path.join(hub_settings["homes_dir"], "jupyter-student", spec.server_name)
+    assert open(os.path.join(project, "lesson.md")).read() == "# Lesson 1\n"
+    assert open(os.path.join(project, "data", "points.csv")).read() == "x,y\n1,2\n"
+    assert not os.path.exists(os.path.join(project, ".hidden"))
+    assert os.stat(os.path.join(project, "lesson.md")).st_uid == 1000
     model = hub.api("GET", "/users/student").json()
     server = model["servers"][spec.server_name]
     assert server["ready"]
@@ -67,6 +92,16 @@ def test_first_launch_builds_then_opens_a_named_server(hub, student, spec_path, 
 
 def test_second_launch_reuses_image_and_server(hub, student, spec_path, hub_name):
     (before,) = containers(hub_name, "student")
+    spec = providers.parse("git", spec_path[4:], allow_local=True)
+    # the student edits the lesson in their server
+    server = f"{hub.url}/user/student/{spec.server_name}"
+    r = requests.put(
+        f"{server}/api/contents/{spec.server_name}/lesson.md",
+        json={"type": "file", "format": "text", "content": "my notes"},
+        headers={"Authorization": f"token {student}"},
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
     got = events(hub, student, spec_path)
     phases = [e["phase"] for e in got]
     assert "building" not in phases, phases
@@ -74,8 +109,22 @@ def test_second_launch_reuses_image_and_server(hub, student, spec_path, hub_name
     assert containers(hub_name, "student") == [before]
 
 
-def test_build_only_stops_at_the_image(hub, student, spec_path, git_repo):
-    new_commit = commit_change(git_repo, "RUN echo second > /tmp/v2")
+def test_a_new_launch_after_a_stop_keeps_the_students_changes(
+    hub, student, spec_path, hub_settings
+):
+    spec = providers.parse("git", spec_path[4:], allow_local=True)
+    hub.api("DELETE", f"/users/student/servers/{spec.server_name}")
+    hub.wait_stopped("student", spec.server_name)
+    got = events(hub, student, spec_path)
+    assert got[-1]["phase"] == "ready"
+    lesson = os.path.join(
+        hub_settings["homes_dir"], "jupyter-student", spec.server_name, "lesson.md"
+    )
+    assert open(lesson).read() == "my notes"  # never overwritten by the seed
+
+
+def test_build_only_stops_at_the_image(hub, student, spec_path, project_repo):
+    new_commit = commit_change(project_repo, "RUN echo second > /tmp/v2")
     got = events(hub, student, spec_path + "?build_only=true")
     assert got[-1]["phase"] == "ready"
     assert got[-1]["image"].endswith(new_commit[:12])

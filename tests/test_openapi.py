@@ -23,7 +23,8 @@ from tornado import web
 
 from tljh_repo2docker import validation
 from tljh_repo2docker.service import api
-from tljh_repo2docker.service.handlers import MANAGE_SCOPE, READ_SCOPE
+from tljh_repo2docker.service import operations as ops
+from tljh_repo2docker.service.handlers import BUILD_SCOPE, READ_SCOPE
 
 SPEC_URI = "urn:tljh-repo2docker:openapi"
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -179,7 +180,7 @@ def test_every_operation_states_its_scope_and_error_responses():
         assert op["operationId"] not in seen_ids
         seen_ids.add(op["operationId"])
         scope = required_scope(method, template.format(**EXAMPLE_PARAMS))
-        expected = READ_SCOPE if method == "GET" else MANAGE_SCOPE
+        expected = READ_SCOPE if method == "GET" else BUILD_SCOPE
         assert scope == expected, (method, template)
         codes = set(op["responses"])
         assert "403" in codes, (method, template)
@@ -211,30 +212,15 @@ def test_request_bodies_are_documented():
     create = _deref(
         operation("POST", "/environments")["requestBody"]["content"]["application/json"]["schema"]
     )
-    assert set(create["properties"]) == {
-        "name",
-        "repo",
-        "ref",
-        "display_name",
-        "mem_limit",
-        "cpu_limit",
-        "build_args",
-        "username",
-        "token",
-    }
+    # exactly what the service accepts
+    assert set(create["properties"]) == ops.CREATE_FIELDS | ops.CREDENTIAL_FIELDS
     assert create["required"] == ["name", "repo"]
     update = _deref(
         operation("PATCH", "/environments/x")["requestBody"]["content"]["application/json"][
             "schema"
         ]
     )
-    assert set(update["properties"]) == {
-        "display_name",
-        "mem_limit",
-        "cpu_limit",
-        "ref",
-        "build_args",
-    }
+    assert set(update["properties"]) == ops.UPDATE_FIELDS
     start = _deref(
         operation("POST", "/environments/x/builds")["requestBody"]["content"]["application/json"][
             "schema"

@@ -51,6 +51,7 @@ ESCAPED_SCRIPT = "&lt;script&gt;alert(1)&lt;/script&gt;"
 
 READ = "custom:environments:read"
 MANAGE = "custom:environments:manage"
+BUILD = "custom:environments:build"
 
 
 # --- recording every response for the OpenAPI check -------------------------------
@@ -338,8 +339,8 @@ ENDPOINTS = [
 ]
 # principal -> the scopes its token has, of ours
 PRINCIPALS = {
-    "admin": {READ, MANAGE},
-    "reader": {READ},
+    "admin": {READ, BUILD, MANAGE},
+    "reader": {READ, BUILD},  # build_policy "users" (the default): users build their own
     "noscope": set(),
     "admin-readonly": {READ},
     "dev-admin": set(),  # JupyterHub's admin role has no custom scopes: verified here
@@ -353,7 +354,7 @@ PRINCIPALS = {
 )
 def test_authorization_matrix(api, who, method, path, body, authorized):
     scope = required_scope(method, path)  # what the OpenAPI document says
-    assert scope == (READ if method == "GET" else MANAGE)
+    assert scope == (READ if method == "GET" else BUILD)
     kwargs = {} if body is None else {"json": body}
     if scope in PRINCIPALS[who]:
         r = api(method, path, who, **kwargs)
@@ -969,6 +970,92 @@ def test_a_killed_service_leaves_no_build_behind(api, hub, hub_name):
     again = api.ok("POST", f"/environments/{SLOW}/builds", 202, json={})
     cancelled = api.ok("POST", f"/environments/{SLOW}/builds/{again['id']}/cancel", 202)
     assert cancelled["status"] == "cancelled"
+
+
+def test_private_environments_are_invisible_until_shared(api, hub, repo_url, hub_name):
+    name = f"private-{SUFFIX}"
+    env = api.ok(
+        "POST", "/environments", 201, "reader", json={"name": name, "repo": repo_url, "ref": "main"}
+    )
+    assert (env["owner"], env["visibility"]) == ("reader", "private")
+    build = api.wait_build(name, env["latest_build"]["id"])
+    assert build["status"] == "succeeded"
+    api.tokens["other"] = hub.user_token("other")
+
+    # invisible to another user by every route: list, get, builds, spawn form, REST spawn
+    listed = api.ok("GET", "/environments", 200, "other")["environments"]
+    assert name not in [e["name"] for e in listed]
+    for method, path in [
+        ("GET", f"/environments/{name}"),
+        ("GET", f"/environments/{name}/builds"),
+        ("POST", f"/environments/{name}/builds"),
+        ("PATCH", f"/environments/{name}"),
+        ("DELETE", f"/environments/{name}"),
+    ]:
+        api.refused(method, path, 404, "other", **({"json": {}} if method == "PATCH" else {}))
+    assert f'value="{name}"' not in hub.login("other").get(hub.url + "/hub/spawn").text
+    r = hub.api("POST", "/users/other/server", json={"environment": name})
+    assert r.status_code == 400 and "is not an environment" in r.json()["message"]
+    assert f'value="{name}"' in hub.login("reader").get(hub.url + "/hub/spawn").text
+    # admins see everything
+    assert api.ok("GET", f"/environments/{name}", 200, "admin")["owner"] == "reader"
+
+    # shared with a group the other user is in
+    assert hub.api("POST", "/groups/physics").status_code in (201, 409)
+    r = hub.api("POST", "/groups/physics/users", json={"users": ["other"]})
+    assert r.status_code == 200, r.text
+    shared = api.ok(
+        "PATCH",
+        f"/environments/{name}",
+        200,
+        "reader",
+        json={"visibility": {"groups": ["physics"]}},
+    )
+    assert shared["visibility"] == "groups:physics"
+    image_labels = inspect(shared["image"])["Config"]["Labels"]
+    assert image_labels[labels.VISIBILITY] == "groups:physics"
+    assert image_labels[labels.OWNER] == "reader"
+    api.tokens["other"] = hub.user_token("other")  # a fresh token: the service caches models
+    assert api.ok("GET", f"/environments/{name}", 200, "other")["name"] == name
+    assert "builds on its own" not in api.refused(
+        "PATCH", f"/environments/{name}", 403, "other", json={"display_name": "mine now"}
+    )
+    # the picker reads labels through a cache of half a second
+    session = hub.login("other")
+    deadline = time.monotonic() + 3
+    while f'value="{name}"' not in session.get(hub.url + "/hub/spawn").text:
+        assert time.monotonic() < deadline, "the shared environment is not in the picker"
+        time.sleep(0.2)
+    api.ok("DELETE", f"/environments/{name}", 204, "reader")
+
+
+def test_quotas_answer_429(api, repo_url, slow_repo):
+    fast, slow = f"quota-fast-{SUFFIX}", f"quota-slow-{SUFFIX}"
+    env = api.ok(
+        "POST", "/environments", 201, "reader", json={"name": fast, "repo": repo_url, "ref": "main"}
+    )
+    api.wait_build(fast, env["latest_build"]["id"])
+    env = api.ok(
+        "POST",
+        "/environments",
+        201,
+        "reader",
+        json={"name": slow, "repo": f"file://{slow_repo}", "ref": "main"},
+    )
+    slow_build = env["latest_build"]["id"]
+    # one build at a time for a user: a new environment and a rebuild both wait
+    message = api.refused(
+        "POST", "/environments", 429, "reader", json={"name": f"quota-x-{SUFFIX}", "repo": repo_url}
+    )
+    assert "at once" in message
+    api.refused("GET", f"/environments/quota-x-{SUFFIX}", 404, "reader")  # nothing was kept
+    assert "at once" in api.refused("POST", f"/environments/{fast}/builds", 429, "reader")
+    # admins have no quota
+    build = api.ok("POST", f"/environments/{fast}/builds", 202, "admin")
+    api.wait_build(fast, build["id"])
+    api.ok("POST", f"/environments/{slow}/builds/{slow_build}/cancel", 202, "reader")
+    api.ok("DELETE", f"/environments/{slow}", 204, "reader")
+    api.ok("DELETE", f"/environments/{fast}", 204, "reader")
 
 
 def test_the_service_logged_no_tracebacks(hub):

@@ -58,6 +58,10 @@ class BuildSettings(Configurable):
     git_timeout = Integer(60, help="Seconds allowed for resolving a ref to a commit.").tag(
         config=True
     )
+    project_folders = Bool(
+        True,
+        help="Launch-link servers open in ~/<project>, seeded once with the repository's files.",
+    ).tag(config=True)
 
     @validate("image_prefix")
     def _valid_prefix(self, proposal):

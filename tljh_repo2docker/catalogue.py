@@ -94,6 +94,14 @@ class Catalogue:
                         return info
         return None
 
+    async def find_version(self, environment: str, commit: str):
+        """The image of ``environment`` built at ``commit`` (a prefix), or None."""
+        for fresh in (False, True):
+            for info in await self.images(fresh=fresh):
+                if info.environment == environment and info.commit.startswith(commit):
+                    return info
+        return None
+
 
 def _ignore_errors(task: asyncio.Task):
     # A failed background refresh keeps the old listing; the next

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+import re
 import socket
 import struct
 import sys
@@ -17,11 +19,14 @@ import sys
 from . import tljhconfig
 from .assets import TEMPLATES_DIR
 
+GROUP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,254}")
 SPAWNER_CLASS = "tljh_repo2docker.spawner.Repo2DockerSpawner"
 SERVICE_NAME = "environments"
 DEFAULT_SERVICE_PORT = 15003
 READ_SCOPE = "custom:environments:read"
+BUILD_SCOPE = "custom:environments:build"
 MANAGE_SCOPE = "custom:environments:manage"
+BUILDER_ROLE = "environments-builder"
 MANAGER_ROLE = "environments-manager"
 
 # tljh-config key -> (traitlets class, trait). The README's table lists them.
@@ -38,12 +43,15 @@ KEYS = {
     "base_image": ("BuildSettings", "base_image"),
     "appendix": ("BuildSettings", "appendix"),
     "extra_args": ("BuildSettings", "extra_args"),
+    "project_folders": ("BuildSettings", "project_folders"),
     "build_concurrency": ("EnvironmentsService", "build_concurrency"),
     "db_url": ("EnvironmentsService", "db_url"),
-    "launch_build_policy": ("EnvironmentsService", "launch_build_policy"),
+    "max_environments_per_user": ("EnvironmentsService", "max_environments_per_user"),
+    "max_concurrent_builds_per_user": ("EnvironmentsService", "max_concurrent_builds_per_user"),
+    "max_daily_builds_per_user": ("EnvironmentsService", "max_daily_builds_per_user"),
 }
 # Keys read here rather than mapped onto a trait.
-OWN_KEYS = {"hub_ip", "service_port"}
+OWN_KEYS = {"hub_ip", "service_port", "build_policy", "max_servers_per_user"}
 
 
 class UnknownKey(ValueError):
@@ -100,6 +108,31 @@ def _config_list(section, key) -> list:
     return list(value) if isinstance(value, list | tuple) else []
 
 
+def add_build_policy(c, roles: dict, policy: str, access: str):
+    """Who gets ``custom:environments:build``: every user ("users"), only
+    admins ("admins"), or the members of one JupyterHub group ("group:NAME")."""
+    if policy == "users":
+        roles["user"]["scopes"] = sorted(set(roles["user"]["scopes"]) | {BUILD_SCOPE})
+    elif policy.startswith("group:") and GROUP_RE.fullmatch(policy[len("group:") :]):
+        group = policy[len("group:") :]
+        groups = dict(c.JupyterHub.load_groups) if "load_groups" in c.JupyterHub else {}
+        groups.setdefault(group, {"users": []})  # the role needs the group to exist
+        c.JupyterHub.load_groups = groups
+        roles[BUILDER_ROLE] = {
+            "name": BUILDER_ROLE,
+            "description": "Build tljh-repo2docker environments",
+            "scopes": [BUILD_SCOPE, READ_SCOPE, access],
+            "groups": [group],
+        }
+    elif policy != "admins":
+        # never stop the hub over a typo: fall back to the strictest policy
+        logging.getLogger("tljh_repo2docker").warning(
+            "repo2docker.build_policy must be users, admins or group:NAME, not %r: "
+            "only admins may build",
+            policy,
+        )
+
+
 def add_service(c, settings: dict, python: str = sys.executable):
     """The environments service, its scopes and roles, and the navigation link."""
     port = int(settings.get("service_port") or DEFAULT_SERVICE_PORT)
@@ -114,7 +147,13 @@ def add_service(c, settings: dict, python: str = sys.executable):
                 "TLJH_INSTALL_PREFIX": tljhconfig.install_prefix(),
             },
             "oauth_no_confirm": True,
-            "oauth_client_allowed_scopes": [READ_SCOPE, MANAGE_SCOPE],
+            # our scopes, and the user's own groups (for group-shared environments)
+            "oauth_client_allowed_scopes": [
+                READ_SCOPE,
+                BUILD_SCOPE,
+                MANAGE_SCOPE,
+                "read:users:groups!user",
+            ],
             # the navigation bar gets its own "Environments" link instead
             "display": False,
         }
@@ -122,12 +161,17 @@ def add_service(c, settings: dict, python: str = sys.executable):
     c.JupyterHub.services = services
     # launch links open a named server per repository
     c.JupyterHub.allow_named_servers = True
+    c.JupyterHub.named_server_limit_per_user = int(settings.get("max_servers_per_user", 5))
 
     scopes = dict(c.JupyterHub.custom_scopes) if "custom_scopes" in c.JupyterHub else {}
     scopes[READ_SCOPE] = {"description": "See environments and their builds."}
-    scopes[MANAGE_SCOPE] = {
-        "description": "Build, update, cancel and delete environments.",
+    scopes[BUILD_SCOPE] = {
+        "description": "Build environments of one's own, and new versions from launch links.",
         "subscopes": [READ_SCOPE],
+    }
+    scopes[MANAGE_SCOPE] = {
+        "description": "Build, update, cancel and delete all environments.",
+        "subscopes": [BUILD_SCOPE, READ_SCOPE],
     }
     c.JupyterHub.custom_scopes = scopes
 
@@ -140,6 +184,7 @@ def add_service(c, settings: dict, python: str = sys.executable):
     manager["description"] = "Manage tljh-repo2docker environments"
     manager["scopes"] = sorted(set(manager["scopes"]) | {MANAGE_SCOPE, READ_SCOPE, access})
     manager["users"] = sorted(set(manager.get("users", [])) | set(admins))
+    add_build_policy(c, roles, str(settings.get("build_policy") or "users"), access)
     roles["environments-service"] = {
         "name": "environments-service",
         "description": "What the environments service does on the hub: stop servers",

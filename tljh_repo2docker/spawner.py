@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import re
 import time
 from functools import cached_property
 
@@ -23,7 +25,7 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Float, Unicode, default
 
-from . import homes, labels, validation
+from . import access, homes, labels, projects, validation
 from .assets import jinja_env
 from .builder import BuildSettings
 from .catalogue import Catalogue, DockerUnavailable
@@ -111,23 +113,50 @@ class Repo2DockerSpawner(DockerSpawner):
     def catalogue(self) -> Catalogue:
         return shared_catalogue(self.build_settings.hub_name, self.catalogue_max_age)
 
+    # --- what this user may start --------------------------------------------
+    def viewer(self) -> access.Viewer:
+        return access.Viewer(
+            name=self.user.name,
+            groups=frozenset(g.name for g in getattr(self.user, "groups", []) or []),
+            admin=bool(getattr(self.user, "admin", False)),
+        )
+
+    async def visible_environments(self) -> list:
+        viewer = self.viewer()
+        return [
+            info
+            for info in await self.catalogue.environments()
+            if access.can_see(info.owner, info.visibility, viewer)
+        ]
+
     # --- spawn form -----------------------------------------------------------
     @staticmethod
     async def render_options_form(spawner: Repo2DockerSpawner) -> str:
         try:
-            environments = await spawner.catalogue.environments()
+            environments = await spawner.visible_environments()
         except DockerUnavailable as e:
             return _templates.get_template("spawn_form.html").render(environments=[], error=str(e))
+        versions: dict[str, list] = {}
+        for info in await spawner.catalogue.images():
+            versions.setdefault(info.environment, []).append(info)
+        for builds in versions.values():
+            builds.sort(key=lambda i: i.built_at, reverse=True)
         return _templates.get_template("spawn_form.html").render(
             environments=environments,
+            versions=versions,
             selected=spawner.default_environment,
             format_bytes=validation.format_bytes,
         )
 
     @staticmethod
     def form_to_options(formdata: dict) -> dict:
-        values = formdata.get("environment") or [""]
-        return {"environment": values[0]}
+        environment = (formdata.get("environment") or [""])[0]
+        options = {"environment": environment}
+        # each environment has its own version selector: version-<name>
+        version = (formdata.get(f"version-{environment}") or ["latest"])[0]
+        if version and version != "latest":
+            options["version"] = version
+        return options
 
     # --- choosing the image ---------------------------------------------------
     async def resolve_choice(self, options: dict):
@@ -136,21 +165,35 @@ class Repo2DockerSpawner(DockerSpawner):
             raise SpawnError(400, "user options must be a JSON object")
         environment = options.get("environment")
         image = options.get("image")
+        version = options.get("version") or "latest"
         if environment is None and image is None:
             environment = self.default_environment or None
+        if not isinstance(version, str) or not (
+            version == "latest" or re.fullmatch(r"[0-9a-f]{7,64}", version)
+        ):
+            raise SpawnError(400, "'version' must be 'latest' or a commit hash")
+        if options.get("project") is not None:
+            try:
+                projects.valid_project(options["project"])
+            except projects.ProjectError as e:
+                raise SpawnError(400, str(e)) from None
+        if environment is not None and not isinstance(environment, str):
+            raise SpawnError(400, "'environment' must be a string")
+        if environment is None and image is not None and not isinstance(image, str):
+            raise SpawnError(400, "'image' must be a string")
+        viewer = self.viewer()
         try:
-            if environment is not None:
-                if not isinstance(environment, str):
-                    raise SpawnError(400, "'environment' must be a string")
-                info = await self.catalogue.find(environment=environment)
-            elif image is not None:
-                if not isinstance(image, str):
-                    raise SpawnError(400, "'image' must be a string")
-                info = await self.catalogue.find(image=image)
-            else:
-                info = None
+            info = None
+            if environment is not None or image is not None:
+                info = await self.lookup(environment, image, version)
+            if info is not None and not access.can_see(info.owner, info.visibility, viewer):
+                # shared a moment ago? ask Docker before refusing
+                self.catalogue.invalidate()
+                info = await self.lookup(environment, image, version)
+            if info is not None and not access.can_see(info.owner, info.visibility, viewer):
+                info = None  # private: answered exactly like a name that does not exist
             if info is None:
-                known = [e.environment for e in await self.catalogue.environments()]
+                known = [e.environment for e in await self.visible_environments()]
         except DockerUnavailable as e:
             raise SpawnError(503, f"Cannot list environments: {e}") from e
         if info is None:
@@ -167,14 +210,22 @@ class Repo2DockerSpawner(DockerSpawner):
         return info
 
     if "apply_user_options" in DockerSpawner.class_traits():
-        # JupyterHub >= 5.3 validates user options before start(); a 400 here
-        # reaches the user as is. (start() checks again for JupyterHub 5.2.)
+        # JupyterHub >= 5.3 hands user options to this hook first (and warns
+        # when nothing takes them). start() validates them: its refusals
+        # reach the user as a 400 without a traceback in the hub's log.
         @default("apply_user_options")
         def _default_apply_user_options(self):
-            async def validate_choice(spawner, user_options):
-                await spawner.resolve_choice(user_options or {})
+            def validated_in_start(spawner, user_options):
+                return None
 
-            return validate_choice
+            return validated_in_start
+
+    async def lookup(self, environment, image, version):
+        if environment is not None:
+            if version == "latest":
+                return await self.catalogue.find(environment=environment)
+            return await self.catalogue.find_version(environment, version)
+        return await self.catalogue.find(image=image)
 
     async def check_allowed(self, image):
         # DockerSpawner calls this for user_options["image"]: same rule.
@@ -230,6 +281,10 @@ class Repo2DockerSpawner(DockerSpawner):
         except homes.HomeError as e:
             raise SpawnError(500, f"Your home directory is not usable: {e}") from e
         self.volumes = {path: {"bind": f"/home/{settings.user_name}", "mode": "rw"}}
+        project = (self.user_options or {}).get("project")
+        if project and settings.project_folders:
+            self._progress(30, "Preparing your project folder")
+            await self.prepare_project(info, path, project, owner)
         create = await self._configured_create_kwargs()
         # Labels let an admin (and the tests) find every server container.
         create["labels"] = {
@@ -266,6 +321,24 @@ class Repo2DockerSpawner(DockerSpawner):
             self.clear_state()
             return
         await super().stop(now=now)
+
+    async def prepare_project(self, info, home: str, project: str, owner):
+        """Seed ``~/<project>`` once from the image; open the server there."""
+        user_home = f"/home/{self.build_settings.user_name}"
+        target = os.path.join(home, projects.valid_project(project))
+        try:
+            await asyncio.to_thread(
+                projects.seed_project,
+                self.client,
+                info.image,
+                user_home,
+                target,
+                owner.uid,
+                owner.gid,
+            )
+        except (docker.errors.DockerException, OSError) as e:
+            raise SpawnError(500, f"Could not prepare your project folder {project}: {e}") from e
+        self.default_url = f"/lab/tree/{project}"
 
     async def _configured_create_kwargs(self) -> dict:
         # What the admin configured (a dict or a callable), before start()

@@ -15,11 +15,17 @@ from tornado.iostream import StreamClosedError
 
 from . import operations as ops
 from . import store
-from .handlers import MANAGE_SCOPE, READ_SCOPE, BaseHandler
+from .handlers import BUILD_SCOPE, MANAGE_SCOPE, READ_SCOPE, BaseHandler
 
 MAX_BODY = 64 * 1024
 KEEPALIVE_SECONDS = 15
-STATUS_OF = {ops.InvalidInput: 400, ops.NotFound: 404, ops.Conflict: 409}
+STATUS_OF = {
+    ops.InvalidInput: 400,
+    ops.Forbidden: 403,
+    ops.NotFound: 404,
+    ops.Conflict: 409,
+    ops.QuotaExceeded: 429,
+}
 
 
 class APIHandler(BaseHandler):
@@ -72,9 +78,17 @@ class APIHandler(BaseHandler):
             raise web.HTTPError(
                 403, "authentication required: send a hub API token with the scope %s", scope
             )
-        allowed = self.can_manage if scope == MANAGE_SCOPE else self.can_read
+        allowed = {MANAGE_SCOPE: self.can_manage, BUILD_SCOPE: self.can_build}.get(
+            scope, self.can_read
+        )
         if not allowed:
             raise web.HTTPError(403, "this requires the scope %s", scope)
+
+    def editable(self, db, name: str) -> store.Environment:
+        """The environment, if this user may change it (owner or admin)."""
+        env = ops.find(db, name, self.viewer())
+        ops.check_edit(env, self.can_edit(env))
+        return env
 
     def json_body(self) -> dict:
         body = self.request.body
@@ -97,15 +111,15 @@ class EnvironmentsHandler(APIHandler):
     async def get(self):
         self.require(READ_SCOPE)
         await self.service.adopt_images()
-        with self.db() as db:
-            envs = db.scalars(select(store.Environment).order_by(store.Environment.name)).all()
-            self.reply({"environments": await self.environment_models(db, envs)})
+        self.finish(await self.service.list_cache.render(self.service, self.viewer()))
 
     async def post(self):
-        self.require(MANAGE_SCOPE)
+        self.require(BUILD_SCOPE)
         data = self.json_body()
         with self.db() as db:
-            env, build = ops.create_environment(self.service, db, data, self.username)
+            env, build = ops.create_environment(
+                self.service, db, data, self.username, admin=self.can_manage
+            )
             (model,) = await self.environment_models(db, [env])
             model["latest_build"] = self.build_model(build, env.name)
             self.reply(model, 201)
@@ -115,22 +129,23 @@ class EnvironmentHandler(APIHandler):
     async def get(self, name):
         self.require(READ_SCOPE)
         with self.db() as db:
-            (model,) = await self.environment_models(db, [ops.find(db, name)])
+            (model,) = await self.environment_models(db, [ops.find(db, name, self.viewer())])
             self.reply(model)
 
     async def patch(self, name):
-        self.require(MANAGE_SCOPE)
+        self.require(BUILD_SCOPE)
         data = self.json_body()
         with self.db() as db:
-            env = await ops.update_environment(self.service, db, ops.find(db, name), data)
+            env = self.editable(db, name)
+            env = await ops.update_environment(self.service, db, env, data)
             (model,) = await self.environment_models(db, [env])
             self.reply(model)
 
     async def delete(self, name):
-        self.require(MANAGE_SCOPE)
+        self.require(BUILD_SCOPE)
         stop = self.get_argument("stop_servers", "false").lower() in ("1", "true", "yes")
         with self.db() as db:
-            await ops.delete_environment(self.service, db, ops.find(db, name), stop)
+            await ops.delete_environment(self.service, db, self.editable(db, name), stop)
         self.set_status(204)
         self.finish()
 
@@ -139,7 +154,7 @@ class BuildsHandler(APIHandler):
     async def get(self, name):
         self.require(READ_SCOPE)
         with self.db() as db:
-            env = ops.find(db, name)
+            env = ops.find(db, name, self.viewer())
             builds = db.scalars(
                 select(store.Build)
                 .where(store.Build.environment_id == env.id)
@@ -149,11 +164,13 @@ class BuildsHandler(APIHandler):
             self.reply({"builds": [self.build_model(b, env.name) for b in builds]})
 
     async def post(self, name):
-        self.require(MANAGE_SCOPE)
+        self.require(BUILD_SCOPE)
         data = self.json_body()
         with self.db() as db:
-            env = ops.find(db, name)
-            build = ops.start_build(self.service, db, env, data, self.username)
+            env = self.editable(db, name)
+            build = ops.start_build(
+                self.service, db, env, data, self.username, admin=self.can_manage
+            )
             self.reply(self.build_model(build, env.name), 202)
 
 
@@ -161,15 +178,15 @@ class BuildHandler(APIHandler):
     async def get(self, name, build_id):
         self.require(READ_SCOPE)
         with self.db() as db:
-            env = ops.find(db, name)
+            env = ops.find(db, name, self.viewer())
             self.reply(self.build_model(ops.find_build(db, env, build_id), env.name))
 
 
 class CancelHandler(APIHandler):
     async def post(self, name, build_id):
-        self.require(MANAGE_SCOPE)
+        self.require(BUILD_SCOPE)
         with self.db() as db:
-            env = ops.find(db, name)
+            env = self.editable(db, name)
             build = await ops.cancel_build(self.service, db, env, ops.find_build(db, env, build_id))
             self.reply(self.build_model(build, env.name), 202)
 
@@ -182,7 +199,7 @@ class LogHandler(APIHandler):
     async def get(self, name, build_id):
         self.require(READ_SCOPE)
         with self.db() as db:
-            env = ops.find(db, name)
+            env = ops.find(db, name, self.viewer())
             build = ops.find_build(db, env, build_id)
             env_name = env.name
         last = self.request.headers.get("Last-Event-ID") or self.get_argument("last_event_id", "0")

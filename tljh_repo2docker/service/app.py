@@ -20,17 +20,18 @@ from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from sqlalchemy import select
 from tornado import web
 from tornado.httpserver import HTTPServer
-from traitlets import Enum, Integer, Unicode, default
-from traitlets.config import Application
+from traitlets import Integer, Unicode, default
+from traitlets.config import Application, Config
 
 from .. import hubconfig, tljhconfig
 from ..assets import STATIC_DIR, jinja_env
 from ..builder import BuildSettings
 from ..catalogue import Catalogue
-from . import api, dockerops, launch, pages, store
+from . import api, dockerops, launch, myservers, pages, store
 from .builds import BuildManager, Conflict
-from .handlers import MANAGE_SCOPE, READ_SCOPE, ServiceState
+from .handlers import SCOPES, ServiceState
 from .hubclient import HubClient
+from .models import ListCache
 
 
 class OAuthCallbackHandler(HubOAuthCallbackHandler):
@@ -55,11 +56,14 @@ class EnvironmentsService(Application):
         config=True
     )
     log_tail_lines = Integer(2000, help="Last lines of a build log that are kept.").tag(config=True)
-    launch_build_policy = Enum(
-        ["users", "admins"],
-        "users",
-        help="Who may build an environment by following a launch link: any user, "
-        "or only those who may manage environments.",
+    max_environments_per_user = Integer(10, help="Environments a user (not an admin) may own.").tag(
+        config=True
+    )
+    max_concurrent_builds_per_user = Integer(
+        1, help="Builds a user (not an admin) may have queued or running at once."
+    ).tag(config=True)
+    max_daily_builds_per_user = Integer(
+        20, help="Builds (not counting reused images) a user may start in 24 hours."
     ).tag(config=True)
     service_prefix = Unicode(help="URL prefix of the service (from the hub).").tag(config=True)
     bind_url = Unicode(help="Where to listen (from the hub: $JUPYTERHUB_SERVICE_URL).").tag(
@@ -83,10 +87,15 @@ class EnvironmentsService(Application):
         return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:15003")
 
     def load_plugin_settings(self):
+        """tljh-config's repo2docker section, under any command-line options."""
         raw = os.environ.get("TLJH_R2D_SETTINGS")
         settings = json.loads(raw) if raw else tljhconfig.load_section()
-        for warning in hubconfig.settings_to_config(self.config, settings):
+        config = Config()
+        for warning in hubconfig.settings_to_config(config, settings):
             self.log.warning(warning)
+        config.merge(self.config)  # explicit options win
+        # update_config (not assignment to self.config's items) reloads our traits
+        self.update_config(config)
 
     def cookie_secret(self) -> bytes:
         path = self.cookie_secret_file
@@ -110,12 +119,13 @@ class EnvironmentsService(Application):
             api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""),
             cache_max_age=60,
             # who may use the service at all; each handler checks its own scope
-            access_scopes={READ_SCOPE, MANAGE_SCOPE},
+            access_scopes=SCOPES,
         )
         handlers = [
             (prefix + "oauth_callback", OAuthCallbackHandler),
             *api.routes(prefix + "api/v1"),
             *launch.routes(prefix),
+            *myservers.routes(prefix),
             *pages.routes(prefix),
         ]
         return web.Application(
@@ -142,6 +152,8 @@ class EnvironmentsService(Application):
     async def run(self):
         self.docker = aiodocker.Docker()
         self.state = ServiceState()
+        self.list_cache = ListCache()
+        self._adopted = frozenset()
         self.catalogue = Catalogue(self.settings.hub_name)
         self.builds = BuildManager(
             self.sessions,
@@ -151,6 +163,8 @@ class EnvironmentsService(Application):
             concurrency=self.build_concurrency,
             log_head=self.log_head_lines,
             log_tail=self.log_tail_lines,
+            max_concurrent_per_user=self.max_concurrent_builds_per_user,
+            max_daily_per_user=self.max_daily_builds_per_user,
         )
         interrupted = await self.builds.recover()
         if interrupted:
@@ -187,6 +201,9 @@ class EnvironmentsService(Application):
         """Environments built outside the service (the command line, another
         service process) appear in its database from their image labels."""
         images = await self.current_images()
+        names = frozenset(images)
+        if names == self._adopted:
+            return  # nothing new since the last look
         with self.sessions() as db:
             known = set(db.scalars(select(store.Environment.name)).all())
             for name in sorted(set(images) - known):
@@ -218,6 +235,7 @@ class EnvironmentsService(Application):
                 )
                 self.log.info("adopted environment %s from image %s", name, info.image)
             db.commit()
+        self._adopted = names
 
     async def server_usage(self) -> dict[str, list[dict]]:
         return await self.state.server_usage(self.docker, self.settings.hub_name)

@@ -8,6 +8,7 @@ very long log are replaced by one "omitted" entry.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections import deque
 from collections.abc import Callable
@@ -55,17 +56,22 @@ class BuildLog:
         self._changed = asyncio.Event()
 
     def entries_from(self, start: int) -> list[tuple[int, dict]]:
-        """(line number, entry) for every kept line numbered >= ``start``."""
-        out = [(i, e) for i, e in enumerate(self.head) if i >= start]
+        """(line number, entry) for every kept line numbered >= ``start``.
+
+        Costs what it returns, not the log's length: readers that follow a
+        live log call this for every new line.
+        """
+        start = max(0, start)
+        out = list(enumerate(self.head[start:], start)) if start < len(self.head) else []
         tail_start = self.count - len(self.tail)
         gap = tail_start - len(self.head)
         if gap > 0 and start < tail_start:
             omitted = {"phase": "log", "message": f"... {gap} lines omitted ...\n"}
             out.append((tail_start - 1, omitted))
-        for offset, entry in enumerate(self.tail):
-            number = tail_start + offset
-            if number >= start:
-                out.append((number, entry))
+        skip = max(0, start - tail_start)
+        if skip < len(self.tail):
+            tail = self.tail if skip == 0 else itertools.islice(self.tail, skip, None)
+            out.extend(enumerate(tail, tail_start + skip))
         return out
 
     async def wait(self, timeout: float):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ import signal
 from dataclasses import dataclass
 
 import aiodocker
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from .. import gitref
 from ..builder import BuildRequest, BuildSettings
@@ -35,6 +36,10 @@ log = logging.getLogger("tljh_repo2docker.service")
 
 class Conflict(RuntimeError):
     pass
+
+
+class QuotaExceeded(RuntimeError):
+    """A user's limit (builds at once, builds a day, environments) is reached."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,11 @@ class BuildManager:
         concurrency: int = 1,
         log_head: int = 1000,
         log_tail: int = 2000,
+        max_concurrent_per_user: int = 1,
+        max_daily_per_user: int = 20,
     ):
+        self.max_concurrent_per_user = max_concurrent_per_user
+        self.max_daily_per_user = max_daily_per_user
         self.log_head = log_head
         self.log_tail = log_tail
         self.shutting_down = False
@@ -113,6 +122,7 @@ class BuildManager:
         requested_by: str,
         credentials: Credentials | None = None,
         ref: str | None = None,
+        exempt: bool = True,
     ) -> store.Build:
         """Queue a build of ``environment`` at its ref (or ``ref``); Conflict if
         one is active."""
@@ -120,6 +130,8 @@ class BuildManager:
         active = store.active_build(db, environment)
         if active is not None:
             raise Conflict(f"build {active.id} of {environment.name} is already {active.status}")
+        if not exempt:
+            self.check_quota(db, requested_by)
         build = store.Build(
             environment_id=environment.id,
             ref=ref,
@@ -137,6 +149,8 @@ class BuildManager:
             cpu_limit=environment.cpu_limit,
             built_by=requested_by,
             build_args=tuple(sorted(json.loads(environment.build_args or "{}").items())),
+            owner=environment.owner,
+            visibility=environment.visibility,
         )
         self.logs[build.id] = BuildLog(
             head_size=self.log_head,
@@ -148,6 +162,19 @@ class BuildManager:
         self.tasks[build.id] = task
         task.add_done_callback(lambda _t, bid=build.id: self._forget(bid))
         return build
+
+    def check_quota(self, db, user: str):
+        """Builds a user may start: at once, and in 24 hours (admins are exempt)."""
+        mine = select(func.count(store.Build.id)).where(store.Build.requested_by == user)
+        running = db.scalar(mine.where(store.Build.status.in_(store.ACTIVE_STATES)))
+        if running >= self.max_concurrent_per_user:
+            raise QuotaExceeded(
+                f"you have {running} builds queued or running, the most allowed at once here"
+            )
+        since = store.utcnow() - datetime.timedelta(days=1)
+        today = db.scalar(mine.where(store.Build.created_at >= since, ~store.Build.cached))
+        if today >= self.max_daily_per_user:
+            raise QuotaExceeded(f"you have started {today} builds in 24 hours, the most allowed")
 
     def _forget(self, build_id: int):
         self.tasks.pop(build_id, None)

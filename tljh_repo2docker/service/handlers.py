@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from jupyterhub.services.auth import HubOAuthenticated
-from sqlalchemy import func, select
 from tornado import web
 
-from .. import validation
-from . import store
+from .. import access
+from . import models, store
 
 READ_SCOPE = "custom:environments:read"
+BUILD_SCOPE = "custom:environments:build"
 MANAGE_SCOPE = "custom:environments:manage"
-
-
-def iso(value) -> str | None:
-    return None if value is None else value.isoformat(timespec="seconds") + "Z"
+SCOPES = {READ_SCOPE, BUILD_SCOPE, MANAGE_SCOPE}
 
 
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
@@ -32,7 +28,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     @property
     def hub_scopes(self):
         # A token (or OAuth cookie) needs one of our scopes to be let in at all.
-        return {READ_SCOPE, MANAGE_SCOPE}
+        return SCOPES
 
     def user_scopes(self) -> set[str]:
         user = self.current_user
@@ -44,7 +40,22 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
 
     @property
     def can_read(self) -> bool:
-        return bool(self.user_scopes() & {READ_SCOPE, MANAGE_SCOPE})
+        return bool(self.user_scopes() & SCOPES)
+
+    @property
+    def can_build(self) -> bool:
+        return bool(self.user_scopes() & {BUILD_SCOPE, MANAGE_SCOPE})
+
+    def viewer(self) -> access.Viewer:
+        user = self.current_user or {}
+        return access.Viewer(
+            name=user.get("name", ""),
+            groups=frozenset(user.get("groups") or []),
+            admin=self.can_manage,
+        )
+
+    def can_edit(self, env: store.Environment) -> bool:
+        return self.can_manage or (self.can_build and env.owner == self.username != "")
 
     @property
     def username(self) -> str:
@@ -54,76 +65,12 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     def db(self):
         return self.service.sessions()
 
-    # --- models ---------------------------------------------------------------
+    # --- models (see models.py) ----------------------------------------------
     def build_model(self, build: store.Build, environment_name: str) -> dict:
-        prefix = self.service.service_prefix
-        return {
-            "id": build.id,
-            "environment": environment_name,
-            "status": build.status,
-            "queue_position": self.service.builds.position(build.id),
-            "ref": build.ref,
-            "commit": build.commit or None,
-            "image": build.image or None,
-            "cached": build.cached,
-            "requested_by": build.requested_by,
-            "created_at": iso(build.created_at),
-            "started_at": iso(build.started_at),
-            "finished_at": iso(build.finished_at),
-            "duration": build.duration,
-            "error": build.error or None,
-            "log_lines": build.log_lines
-            if build.status in store.FINAL_STATES
-            else self.service.builds.log_for(build).count,
-            "log_url": f"{prefix}api/v1/environments/{environment_name}/builds/{build.id}/log",
-        }
-
-    def environment_model(
-        self, env: store.Environment, latest: store.Build | None, current, servers
-    ) -> dict:
-        return {
-            "name": env.name,
-            "display_name": env.display_name,
-            "repo": env.repo,
-            "ref": env.ref,
-            "mem_limit": validation.format_bytes(env.mem_limit) or None,
-            "cpu_limit": env.cpu_limit,
-            "build_args": json.loads(env.build_args or "{}"),
-            "created_by": env.created_by,
-            "created_at": iso(env.created_at),
-            "updated_at": iso(env.updated_at),
-            "status": latest.status if latest else "new",
-            "image": current.image if current else None,
-            "commit": current.commit if current else None,
-            "size": current.size if current else None,
-            "servers": [{"user": s["user"], "server_name": s["server_name"]} for s in servers],
-            "latest_build": self.build_model(latest, env.name) if latest else None,
-        }
+        return models.build_model(self.service, build, environment_name)
 
     async def environment_models(self, db, envs: list[store.Environment]) -> list[dict]:
-        """Models for many environments with three queries and two cached Docker reads."""
-        ids = [e.id for e in envs]
-        latest_ids = (
-            db.execute(
-                select(func.max(store.Build.id))
-                .where(store.Build.environment_id.in_(ids))
-                .group_by(store.Build.environment_id)
-            )
-            .scalars()
-            .all()
-            if ids
-            else []
-        )
-        latest = {
-            b.environment_id: b
-            for b in db.scalars(select(store.Build).where(store.Build.id.in_(latest_ids)))
-        }
-        images = await self.service.current_images()
-        servers = await self.service.server_usage()
-        return [
-            self.environment_model(e, latest.get(e.id), images.get(e.name), servers.get(e.name, []))
-            for e in envs
-        ]
+        return await models.environment_models(self.service, db, envs)
 
 
 class ServiceState:

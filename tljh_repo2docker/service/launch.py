@@ -18,14 +18,14 @@ from urllib.parse import quote, urlencode
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from .. import gitref, providers
+from .. import gitref, projects, providers
 from ..buildjob import archive_id, image_labels
 from ..labels import image_tag
 from ..validation import InvalidInput
 from . import store
 from .api import APIHandler
-from .builds import Conflict
-from .handlers import MANAGE_SCOPE, READ_SCOPE
+from .builds import Conflict, QuotaExceeded
+from .handlers import READ_SCOPE
 from .pages import PageHandler
 
 
@@ -79,8 +79,7 @@ class BuildEvents(APIHandler):
         self.write(f"data: {json.dumps({'phase': phase, 'message': message, **fields})}\n\n")
 
     def may_build(self) -> bool:
-        policy = self.service.launch_build_policy
-        return policy == "users" or MANAGE_SCOPE in self.user_scopes()
+        return self.can_build
 
     async def get(self):
         self.require(READ_SCOPE)
@@ -143,9 +142,11 @@ class BuildEvents(APIHandler):
             with svc.sessions() as db:
                 env = db.get(store.Environment, env_id)
                 try:
-                    build = svc.builds.start(db, env, user, ref=spec.ref)
+                    build = svc.builds.start(db, env, user, ref=spec.ref, exempt=self.can_manage)
                 except Conflict:
                     build = store.active_build(db, env)
+                except QuotaExceeded as e:
+                    return self.emit("failed", f"{e}\n")
             if build is None:
                 continue
             async for item in svc.builds.log_for(build).follow():
@@ -168,7 +169,12 @@ class BuildEvents(APIHandler):
 
         self.emit("launching", "Starting your server\n")
         await self.flush()
-        await svc.hub.start_server(user, spec.server_name, {"image": tag})
+        options = {"image": tag}
+        if svc.settings.project_folders:
+            # the repository's files in ~/<project>, seeded once; paths are relative to it
+            options["project"] = spec.server_name
+            path = projects.landing_path(path, spec.server_name)
+        await svc.hub.start_server(user, spec.server_name, options)
         base = os.environ.get("JUPYTERHUB_BASE_URL", "/").rstrip("/")
         server_path = f"{base}/user/{quote(user, safe='')}/{spec.server_name}/{path}"
         url = f"{self.request.protocol}://{self.request.host}{server_path}"

@@ -9,21 +9,36 @@ from __future__ import annotations
 
 import json
 
-from .. import labels, validation
+from sqlalchemy import func, select
+
+from .. import access, labels, validation
 from ..builder import validate_request
 from ..validation import InvalidInput
 from . import dockerops, store
-from .builds import Conflict, Credentials
+from .builds import Conflict, Credentials, QuotaExceeded
 
 MAX_CREDENTIAL_LENGTH = 1024
-CREATE_FIELDS = {"name", "repo", "ref", "display_name", "mem_limit", "cpu_limit", "build_args"}
+CREATE_FIELDS = {
+    "name",
+    "repo",
+    "ref",
+    "display_name",
+    "mem_limit",
+    "cpu_limit",
+    "build_args",
+    "visibility",
+}
 CREDENTIAL_FIELDS = {"username", "token"}
-UPDATE_FIELDS = {"display_name", "mem_limit", "cpu_limit", "ref", "build_args"}
+UPDATE_FIELDS = {"display_name", "mem_limit", "cpu_limit", "ref", "build_args", "visibility"}
 
-__all__ = ["Conflict", "InvalidInput", "NotFound"]
+__all__ = ["Conflict", "Forbidden", "InvalidInput", "NotFound", "QuotaExceeded"]
 
 
 class NotFound(LookupError):
+    pass
+
+
+class Forbidden(PermissionError):
     pass
 
 
@@ -48,11 +63,17 @@ def credentials_from(data: dict) -> Credentials | None:
     return Credentials(username, token)
 
 
-def find(db, name: str) -> store.Environment:
+def find(db, name: str, viewer: access.Viewer | None = None) -> store.Environment:
+    """The environment ``name``; one ``viewer`` may not see does not exist."""
     env = store.find_environment(db, name)
-    if env is None:
+    if env is None or (viewer and not access.can_see(env.owner, env.visibility, viewer)):
         raise NotFound(f"no environment named {name[:100]}")
     return env
+
+
+def check_edit(env: store.Environment, may_edit: bool):
+    if not may_edit:
+        raise Forbidden(f"only the owner of {env.name} or an administrator may change it")
 
 
 def find_build(db, env: store.Environment, build_id) -> store.Build:
@@ -62,9 +83,14 @@ def find_build(db, env: store.Environment, build_id) -> store.Build:
     return build
 
 
-def create_environment(service, db, data: dict, username: str):
-    """Validate, store and queue the first build. Returns (environment, build)."""
+def create_environment(service, db, data: dict, username: str, admin: bool = True):
+    """Validate, store and queue the first build. Returns (environment, build).
+
+    An administrator's environment belongs to the hub and is public unless
+    said otherwise; a user's belongs to them and is private until shared.
+    """
     check_fields(data, CREATE_FIELDS | CREDENTIAL_FIELDS)
+    visibility = access.validate(data.get("visibility") or ("public" if admin else "private"))
     request = validate_request(
         service.settings,
         name=data.get("name"),
@@ -78,6 +104,14 @@ def create_environment(service, db, data: dict, username: str):
     credentials = credentials_from(data)
     if store.find_environment(db, request.name) is not None:
         raise Conflict(f"an environment named {request.name} exists already")
+    if not admin:
+        owned = db.scalar(
+            select(func.count(store.Environment.id)).where(store.Environment.owner == username)
+        )
+        if owned >= service.max_environments_per_user:
+            raise QuotaExceeded(
+                f"you have {owned} environments, the most allowed here; delete one first"
+            )
     env = store.Environment(
         name=request.name,
         display_name=request.display_name,
@@ -87,16 +121,19 @@ def create_environment(service, db, data: dict, username: str):
         cpu_limit=request.cpu_limit,
         build_args=json.dumps(dict(request.build_args)),
         created_by=username,
+        owner="" if admin else username,
+        visibility=visibility,
     )
     db.add(env)
-    db.commit()
-    return env, service.builds.start(db, env, username, credentials)
+    db.flush()
+    build = service.builds.start(db, env, username, credentials, exempt=admin)
+    return env, build
 
 
-def start_build(service, db, env: store.Environment, data: dict, username: str):
+def start_build(service, db, env: store.Environment, data: dict, username: str, admin=True):
     """Build the environment's ref again (a new commit, or a cached image)."""
     check_fields(data, CREDENTIAL_FIELDS)
-    return service.builds.start(db, env, username, credentials_from(data))
+    return service.builds.start(db, env, username, credentials_from(data), exempt=admin)
 
 
 async def update_environment(service, db, env: store.Environment, data: dict):
@@ -116,10 +153,12 @@ async def update_environment(service, db, env: store.Environment, data: dict):
     if "build_args" in data:
         # used by the next build (an image's build arguments cannot change)
         changes["build_args"] = json.dumps(validation.build_args(data["build_args"]))
+    if "visibility" in data:
+        changes["visibility"] = access.validate(data["visibility"])
     for key, value in changes.items():
         setattr(env, key, value)
     env.updated_at = store.utcnow()
-    if changes.keys() & {"display_name", "mem_limit", "cpu_limit"}:
+    if changes.keys() & {"display_name", "mem_limit", "cpu_limit", "visibility"}:
         await relabel_images(service, env)
     db.commit()
     return env
@@ -130,6 +169,8 @@ async def relabel_images(service, env: store.Environment):
         labels.DISPLAY_NAME: env.display_name,
         labels.MEM_LIMIT: validation.format_bytes(env.mem_limit),
         labels.CPU_LIMIT: "" if env.cpu_limit is None else f"{env.cpu_limit:g}",
+        labels.OWNER: env.owner,
+        labels.VISIBILITY: env.visibility,
     }
     hub = service.settings.hub_name
     for summary in await dockerops.environment_images(service.docker, hub, env.name):

@@ -12,10 +12,13 @@ from urllib.parse import quote
 from sqlalchemy import select
 from tornado import web
 
-from .. import validation
+from .. import access, validation
 from . import operations as ops
 from . import store
 from .handlers import BaseHandler
+
+# Only this service's own scripts; data: images for Bootstrap's form icons.
+CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'self'"
 
 
 class PageHandler(BaseHandler):
@@ -24,13 +27,17 @@ class PageHandler(BaseHandler):
 
     def render_page(self, template: str, status: int = 200, **context):
         self.set_status(status)
-        self.set_header("Content-Security-Policy", "default-src 'self'; frame-ancestors 'self'")
+        self.set_header(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'self'",
+        )
         jinja = self.settings["jinja"]
         html = jinja.get_template(template).render(
             prefix=self.service.service_prefix,
             hub_prefix=self.hub_prefix(),
             user=self.current_user,
             can_manage=self.can_manage,
+            can_build=self.can_build,
             xsrf_form_html=self.xsrf_form_html,
             xsrf_token=self.xsrf_token.decode(),
             static_url=self.static_url,
@@ -58,9 +65,15 @@ class PageHandler(BaseHandler):
         if not self.can_read:
             raise web.HTTPError(403, "You may not see environments on this hub.")
 
-    def require_manage(self):
-        if not self.can_manage:
-            raise web.HTTPError(403, "Only administrators may change environments.")
+    def require_build(self):
+        if not self.can_build:
+            raise web.HTTPError(403, "You may not build environments on this hub.")
+
+    def editable(self, db, name: str):
+        env = ops.find(db, name, self.viewer())
+        if not self.can_edit(env):
+            raise web.HTTPError(403, "Only the owner or an administrator may change %s.", name)
+        return env
 
     def form(self, *names: str) -> dict:
         """The named fields of a posted form ('' for a missing one)."""
@@ -75,33 +88,52 @@ class ListPage(PageHandler):
     async def get(self):
         self.require_read()
         await self.service.adopt_images()
+        viewer = self.viewer()
         with self.db() as db:
-            envs = db.scalars(select(store.Environment).order_by(store.Environment.name)).all()
+            envs = [
+                e
+                for e in db.scalars(select(store.Environment).order_by(store.Environment.name))
+                if access.can_see(e.owner, e.visibility, viewer)
+            ]
             models = await self.environment_models(db, envs)
         self.render_page("service/environments.html", environments=models)
 
 
 class NewPage(PageHandler):
-    fields = ("name", "repo", "ref", "display_name", "mem_limit", "cpu_limit", "build_args")
+    fields = (
+        "name",
+        "repo",
+        "ref",
+        "display_name",
+        "mem_limit",
+        "cpu_limit",
+        "build_args",
+        "visibility",
+    )
 
     @web.authenticated
     def get(self):
-        self.require_manage()
-        self.render_page("service/new.html", values={"ref": "HEAD"}, error=None)
+        self.require_build()
+        visibility = "public" if self.can_manage else "private"
+        self.render_page(
+            "service/new.html", values={"ref": "HEAD", "visibility": visibility}, error=None
+        )
 
     @web.authenticated
     async def post(self):
-        self.require_manage()
+        self.require_build()
         values = self.form(*self.fields)
         creds = self.form("username", "token")
         data = {k: v for k, v in values.items() if v != ""}
         data.update({k: v for k, v in creds.items() if v})
         try:
             with self.db() as db:
-                env, build = ops.create_environment(self.service, db, data, self.username)
-        except (ops.InvalidInput, ops.Conflict) as e:
+                env, build = ops.create_environment(
+                    self.service, db, data, self.username, admin=self.can_manage
+                )
+        except (ops.InvalidInput, ops.Conflict, ops.QuotaExceeded) as e:
             # the token is never sent back into the page
-            status = 409 if isinstance(e, ops.Conflict) else 400
+            status = {ops.Conflict: 409, ops.QuotaExceeded: 429}.get(type(e), 400)
             self.render_page("service/new.html", status=status, values=values, error=str(e))
             return
         self.go(f"environments/{env.name}/builds/{build.id}")
@@ -117,7 +149,8 @@ class EnvironmentPage(PageHandler):
 
     async def show(self, name, error=None, status=200):
         with self.db() as db:
-            env = ops.find(db, name)
+            env = ops.find(db, name, self.viewer())
+            may_edit = self.can_edit(env)
             (model,) = await self.environment_models(db, [env])
             builds = db.scalars(
                 select(store.Build)
@@ -133,6 +166,7 @@ class EnvironmentPage(PageHandler):
             builds=build_models,
             error=error,
             launch=self.launch_link(model),
+            can_edit=may_edit,
         )
 
     def launch_link(self, env: dict) -> dict | None:
@@ -151,15 +185,19 @@ class EnvironmentPage(PageHandler):
 
     @web.authenticated
     async def post(self, name, action):
-        self.require_manage()
+        self.require_build()
         try:
             with self.db() as db:
-                env = ops.find(db, name)
+                env = self.editable(db, name)
                 if action == "edit":
-                    data = self.form("display_name", "mem_limit", "cpu_limit", "ref", "build_args")
+                    data = self.form(
+                        "display_name", "mem_limit", "cpu_limit", "ref", "build_args", "visibility"
+                    )
                     await ops.update_environment(self.service, db, env, data)
                 elif action == "rebuild":
-                    build = ops.start_build(self.service, db, env, {}, self.username)
+                    build = ops.start_build(
+                        self.service, db, env, {}, self.username, admin=self.can_manage
+                    )
                     return self.go(f"environments/{env.name}/builds/{build.id}")
                 elif action == "delete":
                     if self.get_body_argument("confirm", "") != env.name:
@@ -169,8 +207,8 @@ class EnvironmentPage(PageHandler):
                     stop = self.get_body_argument("stop_servers", "") == "on"
                     await ops.delete_environment(self.service, db, env, stop)
                     return self.go("")
-        except (ops.InvalidInput, ops.Conflict) as e:
-            status = 409 if isinstance(e, ops.Conflict) else 400
+        except (ops.InvalidInput, ops.Conflict, ops.QuotaExceeded) as e:
+            status = {ops.Conflict: 409, ops.QuotaExceeded: 429}.get(type(e), 400)
             return await self.show(name, error=str(e), status=status)
         self.go(f"environments/{name}")
 
@@ -180,7 +218,8 @@ class BuildPage(PageHandler):
     async def get(self, name, build_id):
         self.require_read()
         with self.db() as db:
-            env = ops.find(db, name)
+            env = ops.find(db, name, self.viewer())
+            may_edit = self.can_edit(env)
             build = ops.find_build(db, env, build_id)
             model = self.build_model(build, env.name)
             log = self.service.builds.log_for(build)
@@ -193,14 +232,15 @@ class BuildPage(PageHandler):
             build=model,
             log_text="".join(e["message"] for _, e in entries),
             log_next=(entries[-1][0] + 1) if entries else 0,
+            can_edit=may_edit,
         )
 
     @web.authenticated
     async def post(self, name, build_id):
-        self.require_manage()
+        self.require_build()
         try:
             with self.db() as db:
-                env = ops.find(db, name)
+                env = self.editable(db, name)
                 await ops.cancel_build(self.service, db, env, ops.find_build(db, env, build_id))
         except ops.Conflict:
             pass  # finished meanwhile: the page shows how

@@ -25,7 +25,14 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
 
 # Build states (ARCHITECTURE.md)
 QUEUED = "queued"
@@ -58,6 +65,9 @@ class Environment(Base):
     cpu_limit: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Docker build arguments as a JSON object (schema version 2)
     build_args: Mapped[str] = mapped_column(Text, default="{}")
+    # who may see and start it (schema version 3): see access.py
+    owner: Mapped[str] = mapped_column(String(255), default="")
+    visibility: Mapped[str] = mapped_column(String(2048), default="public")
     created_by: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
@@ -139,9 +149,22 @@ def _add_build_args_v2(conn: Connection):
     conn.execute(text("ALTER TABLE environments ADD COLUMN build_args TEXT NOT NULL DEFAULT '{}'"))
 
 
+def _add_owner_visibility_v3(conn: Connection):
+    conn.execute(text("ALTER TABLE environments ADD COLUMN owner VARCHAR(255) NOT NULL DEFAULT ''"))
+    conn.execute(
+        text(
+            "ALTER TABLE environments ADD COLUMN visibility VARCHAR(2048) NOT NULL DEFAULT 'public'"
+        )
+    )
+
+
 # Append only. Each entry takes a connection inside a transaction and moves
 # the schema one version up; ``schema_version`` records how far a database is.
-MIGRATIONS: list[Callable[[Connection], None]] = [_create_v1, _add_build_args_v2]
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _create_v1,
+    _add_build_args_v2,
+    _add_owner_visibility_v3,
+]
 
 
 def schema_version(conn: Connection) -> int:
@@ -188,14 +211,25 @@ def make_engine(url: str) -> Engine:
 
 
 def open_store(url: str) -> Callable[[], Session]:
-    """Migrate the database at ``url`` and return a session factory."""
+    """Migrate the database at ``url`` and return a session factory.
+
+    ``factory.generation()`` counts commits made through it: caches of what
+    the database holds compare it to know when to rebuild.
+    """
     engine = make_engine(url)
     migrate(engine)
+    factory = sessionmaker(engine, expire_on_commit=False)
+    commits = [0]
+
+    @event.listens_for(factory, "after_commit")
+    def _count_commit(_session):
+        commits[0] += 1
 
     def session() -> Session:
-        return Session(engine, expire_on_commit=False)
+        return factory()
 
     session.engine = engine
+    session.generation = lambda: commits[0]
     return session
 
 

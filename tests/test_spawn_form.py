@@ -1,0 +1,149 @@
+"""The server picker: rendering, escaping, versions, privacy, form parsing
+(no Docker: the catalogue is given)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from tljh_repo2docker.labels import ImageInfo
+from tljh_repo2docker.spawner import Repo2DockerSpawner, SpawnError
+
+
+def image(env, commit, built_at, display=None, owner="", visibility="public", mem=None):
+    return ImageInfo(
+        image=f"tljh-r2d/{env}:{commit[:12]}",
+        image_id="sha256:" + commit,
+        environment=env,
+        display_name=display or env,
+        repo="https://example.org/r",
+        ref="main",
+        commit=commit,
+        mem_limit=mem,
+        built_at=built_at,
+        owner=owner,
+        visibility=visibility,
+    )
+
+
+IMAGES = [
+    image("course", "a" * 40, "2026-01-01T00:00:00Z", display="Course <b>2026</b>", mem=2**31),
+    image("course", "b" * 40, "2026-02-01T00:00:00Z", display="Course <b>2026</b>", mem=2**31),
+    image("secret", "c" * 40, "2026-01-01T00:00:00Z", owner="alice", visibility="private"),
+    image("physics", "d" * 40, "2026-01-01T00:00:00Z", owner="carol", visibility="groups:physics"),
+]
+
+
+class FakeCatalogue:
+    def __init__(self, images):
+        self._images = images
+
+    async def images(self, fresh=False):
+        return self._images
+
+    async def environments(self, fresh=False):
+        from tljh_repo2docker.labels import latest_per_environment
+
+        return latest_per_environment(self._images)
+
+    async def find(self, environment=None, image=None):
+        if environment is not None:
+            return next(
+                (i for i in await self.environments() if i.environment == environment), None
+            )
+        return next((i for i in self._images if i.image == image), None)
+
+    async def find_version(self, environment, commit):
+        return next(
+            (
+                i
+                for i in self._images
+                if i.environment == environment and i.commit.startswith(commit)
+            ),
+            None,
+        )
+
+    def invalidate(self):
+        pass
+
+
+def spawner_for(name, groups=(), admin=False, monkeypatch=None):
+    spawner = Repo2DockerSpawner()
+    user = SimpleNamespace(
+        name=name, groups=[SimpleNamespace(name=g) for g in groups], admin=admin, url="/"
+    )
+    monkeypatch.setattr(Repo2DockerSpawner, "user", user, raising=False)
+    monkeypatch.setattr(Repo2DockerSpawner, "catalogue", FakeCatalogue(IMAGES))
+    return spawner
+
+
+def render(spawner):
+    return asyncio.run(Repo2DockerSpawner.render_options_form(spawner))
+
+
+def test_form_lists_newest_build_with_versions_escaped(monkeypatch):
+    html = render(spawner_for("bob", monkeypatch=monkeypatch))
+    assert 'value="course"' in html
+    assert "Course &lt;b&gt;2026&lt;/b&gt;" in html and "<b>2026" not in html
+    assert "latest (bbbbbbbbbbbb)" in html  # the newest build is the default
+    assert f'value="{"a" * 40}"' in html  # the older one can be pinned
+    assert "2G memory" in html
+
+
+def test_private_and_group_environments_only_for_those_allowed(monkeypatch):
+    bob = render(spawner_for("bob", monkeypatch=monkeypatch))
+    assert 'value="secret"' not in bob and 'value="physics"' not in bob
+    alice = render(spawner_for("alice", groups=["physics"], monkeypatch=monkeypatch))
+    assert 'value="secret"' in alice and 'value="physics"' in alice
+    admin = render(spawner_for("root", admin=True, monkeypatch=monkeypatch))
+    assert 'value="secret"' in admin
+
+
+def test_form_data_to_options():
+    to_options = Repo2DockerSpawner.form_to_options
+    assert to_options({"environment": ["course"], "version-course": ["latest"]}) == {
+        "environment": "course"
+    }
+    assert to_options(
+        {"environment": ["course"], "version-course": ["a" * 40], "version-x": ["b" * 40]}
+    ) == {"environment": "course", "version": "a" * 40}
+
+
+@pytest.mark.parametrize(
+    "user, options, image",
+    [
+        ("bob", {"environment": "course"}, "tljh-r2d/course:bbbbbbbbbbbb"),
+        ("bob", {"environment": "course", "version": "aaaaaaa"}, "tljh-r2d/course:aaaaaaaaaaaa"),
+        ("bob", {"image": "tljh-r2d/course:aaaaaaaaaaaa"}, "tljh-r2d/course:aaaaaaaaaaaa"),
+        ("alice", {"environment": "secret"}, "tljh-r2d/secret:cccccccccccc"),
+    ],
+)
+def test_choices_resolve_to_images(monkeypatch, user, options, image):
+    spawner = spawner_for(
+        user, groups=["physics"] if user == "alice" else (), monkeypatch=monkeypatch
+    )
+    assert asyncio.run(spawner.resolve_choice(options)).image == image
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"environment": "secret"}, "is not an environment"),  # private: as if missing
+        ({"image": "tljh-r2d/secret:cccccccccccc"}, "is not an environment"),
+        ({"environment": "physics"}, "is not an environment"),
+        ({"environment": "course", "version": "ffffffff"}, "is not an environment"),
+        ({"environment": "course", "version": "../x"}, "'version' must be"),
+        ({"environment": 3}, "must be a string"),
+        ("course", "must be a JSON object"),
+    ],
+)
+def test_refused_choices(monkeypatch, options, message):
+    spawner = spawner_for("bob", monkeypatch=monkeypatch)
+    with pytest.raises(SpawnError) as e:
+        asyncio.run(spawner.resolve_choice(options))
+    assert e.value.status_code == 400
+    assert message in e.value.jupyterhub_message
+    available = e.value.jupyterhub_message.partition("Available:")[2]
+    assert "secret" not in available and "physics" not in available
