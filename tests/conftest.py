@@ -11,10 +11,8 @@ import sys
 
 import pytest
 
-from .dockerfixtures import ROOT, dump_container_logs, make_git_repo, remove_hub_objects
-from .hubprocess import CHP, HubProcess, free_port
-
-OFFLINE_R2D_CONFIG = str(ROOT / "examples" / "repo2docker-offline.py")
+from .dockerfixtures import dump_container_logs, make_git_repo, remove_hub_objects
+from .hubprocess import CHP, HubProcess, hub_settings_for
 
 
 def pytest_configure(config):
@@ -45,14 +43,7 @@ def git_repo(tmp_path_factory, hub_name):
 
 @pytest.fixture(scope="module")
 def hub_settings(tmp_path_factory, hub_name):
-    return {
-        "hub_name": hub_name,
-        "image_prefix": "tljh-r2d-test/",
-        "homes_dir": str(tmp_path_factory.mktemp("homes")),
-        "allow_local_repos": True,
-        "repo2docker_config": [OFFLINE_R2D_CONFIG],
-        "service_port": free_port(),
-    }
+    return hub_settings_for(hub_name, str(tmp_path_factory.mktemp("homes")))
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,22 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CHP = ROOT / ".cache" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
+OFFLINE_R2D_CONFIG = str(ROOT / "examples" / "repo2docker-offline.py")
+
+
+def hub_settings_for(hub_name: str, homes_dir: str, **extra) -> dict:
+    """The repo2docker section of a test hub's config.yaml: its own label,
+    homes and ports; local repositories; no content provider that needs
+    the internet."""
+    return {
+        "hub_name": hub_name,
+        "image_prefix": "tljh-r2d-test/",
+        "homes_dir": homes_dir,
+        "allow_local_repos": True,
+        "repo2docker_config": [OFFLINE_R2D_CONFIG],
+        "service_port": free_port(),
+        **extra,
+    }
 
 
 def free_port() -> int:

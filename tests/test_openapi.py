@@ -28,7 +28,7 @@ from tljh_repo2docker.service.handlers import BUILD_SCOPE, READ_SCOPE
 
 SPEC_URI = "urn:tljh-repo2docker:openapi"
 METHODS = ("get", "post", "put", "patch", "delete")
-EXAMPLE_PARAMS = {"name": "demo-env", "build_id": "7"}
+EXAMPLE_PARAMS = {"name": "demo-env", "build_id": "7", "commit": "0123abc"}
 
 
 # --- helpers (also used by test_service_api.py) --------------------------------

@@ -25,7 +25,7 @@ import requests
 
 from tljh_repo2docker import labels
 
-from .dockerfixtures import commit_change, docker, inspect, make_git_repo
+from .dockerfixtures import commit_change, containers, docker, inspect, make_git_repo
 from .test_openapi import (
     operation,
     operations,
@@ -336,6 +336,8 @@ ENDPOINTS = [
     ("GET", f"/environments/{MISSING}/builds/1", None, 404),
     ("POST", f"/environments/{MISSING}/builds/1/cancel", None, 404),
     ("GET", f"/environments/{MISSING}/builds/1/log", None, 404),
+    ("GET", f"/environments/{MISSING}/versions", None, 404),
+    ("DELETE", f"/environments/{MISSING}/versions/0123abc", None, 404),
 ]
 # principal -> the scopes its token has, of ours
 PRINCIPALS = {
@@ -896,6 +898,37 @@ def test_file_urls_of_missing_repositories_fail_as_builds(api, state):
 
 
 # --- delete while in use ------------------------------------------------------------------
+def test_versions_can_be_pinned_listed_and_deleted(api, hub, hub_name):
+    versions = api.ok("GET", f"/environments/{DEMO}/versions", 200)["versions"]
+    assert len(versions) >= 2, versions
+    assert versions[0]["current"] and not any(v["current"] for v in versions[1:])
+    old = versions[-1]
+    # a server pinned to an old version starts from it, and keeps it
+    hub.api("POST", "/users/pinned")
+    r = hub.api(
+        "POST", "/users/pinned/server", json={"environment": DEMO, "version": old["commit"][:12]}
+    )
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready("pinned")
+    (cid,) = containers(hub_name, "pinned")
+    assert inspect(cid)["Config"]["Image"] == old["image"]
+    listed = {
+        v["image"]: v for v in api.ok("GET", f"/environments/{DEMO}/versions", 200)["versions"]
+    }
+    assert listed[old["image"]]["in_use"]
+    assert "stop it first" in api.refused(
+        "DELETE", f"/environments/{DEMO}/versions/{old['commit']}", 409
+    )
+    # only the owner or an admin
+    api.refused("DELETE", f"/environments/{DEMO}/versions/{old['commit']}", 403, "reader")
+    hub.api("DELETE", "/users/pinned/server")
+    hub.wait_stopped("pinned")
+    api.ok("DELETE", f"/environments/{DEMO}/versions/{old['commit'][:12]}", 204)
+    after = [v["image"] for v in api.ok("GET", f"/environments/{DEMO}/versions", 200)["versions"]]
+    assert old["image"] not in after and after
+    assert docker("images", "-q", old["image"]) == ""
+
+
 def test_delete_while_a_server_uses_it(api, hub, hub_settings, hub_name, tokens, state):
     r = hub.api("POST", "/users/reader/server", json={"environment": DEMO})
     assert r.status_code in (201, 202), r.text
@@ -910,9 +943,10 @@ def test_delete_while_a_server_uses_it(api, hub, hub_settings, hub_name, tokens,
     env = wait_for(lambda: (e := api.ok("GET", f"/environments/{DEMO}", 200))["servers"] and e)
     assert env["servers"] == [{"user": "reader", "server_name": ""}]
 
+    before = images_of(DEMO, hub_name)
     message = api.refused("DELETE", f"/environments/{DEMO}", 409)
     assert "reader" in message and "server" in message
-    assert len(images_of(DEMO, hub_name)) == 2
+    assert images_of(DEMO, hub_name) == before and before  # nothing removed
     api.refused("DELETE", f"/environments/{DEMO}?stop_servers=true", 403, "reader")
 
     r = api("DELETE", f"/environments/{DEMO}?stop_servers=true")

@@ -49,6 +49,8 @@ KEYS = {
     "max_environments_per_user": ("EnvironmentsService", "max_environments_per_user"),
     "max_concurrent_builds_per_user": ("EnvironmentsService", "max_concurrent_builds_per_user"),
     "max_daily_builds_per_user": ("EnvironmentsService", "max_daily_builds_per_user"),
+    "max_versions_per_environment": ("EnvironmentsService", "max_versions_per_environment"),
+    "max_image_disk": ("EnvironmentsService", "max_image_disk"),
 }
 # Keys read here rather than mapped onto a trait.
 OWN_KEYS = {"hub_ip", "service_port", "build_policy", "max_servers_per_user"}

@@ -148,6 +148,19 @@ def mem_limit(value) -> int | None:
     return size
 
 
+def disk_size(value, field: str = "size") -> int | None:
+    """'50G', '1T' or a number of bytes -> bytes (no upper bound); empty -> None."""
+    if value is None or value == "" or value == 0:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _MEM_RE.fullmatch(_text(field, str(value), 32))
+    if not match:
+        raise InvalidInput(field, "must be a size such as 50G or 1T")
+    number, unit = match.groups()
+    return int(float(number) * _MEM_UNITS[unit.upper()])
+
+
 def cpu_limit(value) -> float | None:
     """A number of CPUs (e.g. 0.5, 2); empty -> None."""
     if value is None or value == "":

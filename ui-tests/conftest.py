@@ -28,7 +28,7 @@ from tests.dockerfixtures import (  # noqa: E402
     make_git_repo,
     remove_hub_objects,
 )
-from tests.hubprocess import CHP, HubProcess, free_port  # noqa: E402
+from tests.hubprocess import CHP, HubProcess, free_port, hub_settings_for  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -39,7 +39,6 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
 ]
 SCREENSHOTS = HERE / "screenshots"
-OFFLINE_R2D_CONFIG = str(ROOT / "examples" / "repo2docker-offline.py")
 
 
 def pytest_configure(config):
@@ -73,17 +72,9 @@ def git_repo(tmp_path_factory, hub_name):
 
 @pytest.fixture(scope="module")
 def hub_settings(tmp_path_factory, hub_name):
-    return {
-        "hub_name": hub_name,
-        "image_prefix": "tljh-r2d-test/",
-        "homes_dir": str(tmp_path_factory.mktemp("homes")),
-        "allow_local_repos": True,
-        "repo2docker_config": [OFFLINE_R2D_CONFIG],
-        "service_port": free_port(),
-        # the scenario's plain user may look but not build (the default lets
-        # every user build environments of their own)
-        "build_policy": "admins",
-    }
+    # the scenario's plain user may look but not build (the default lets
+    # every user build environments of their own)
+    return hub_settings_for(hub_name, str(tmp_path_factory.mktemp("homes")), build_policy="admins")
 
 
 def start_hub(tmp_path_factory, hub_settings, attempts: int = 3) -> HubProcess:

@@ -240,6 +240,24 @@ class LogHandler(APIHandler):
         self.write(f"event: status\ndata: {json.dumps(model)}\n\n")
 
 
+class VersionsHandler(APIHandler):
+    async def get(self, name):
+        self.require(READ_SCOPE)
+        with self.db() as db:
+            env = ops.find(db, name, self.viewer())
+            self.reply({"versions": await ops.list_versions(self.service, env)})
+
+
+class VersionHandler(APIHandler):
+    async def delete(self, name, commit):
+        self.require(BUILD_SCOPE)
+        with self.db() as db:
+            env = self.editable(db, name)
+            await ops.delete_version(self.service, env, commit)
+        self.set_status(204)
+        self.finish()
+
+
 class NotFoundHandler(APIHandler):
     def prepare(self):
         raise web.HTTPError(404, "no such API endpoint")
@@ -255,5 +273,7 @@ def routes(prefix: str) -> list:
         (prefix + rf"/environments/{name}/builds/{build}", BuildHandler),
         (prefix + rf"/environments/{name}/builds/{build}/cancel", CancelHandler),
         (prefix + rf"/environments/{name}/builds/{build}/log", LogHandler),
+        (prefix + rf"/environments/{name}/versions", VersionsHandler),
+        (prefix + rf"/environments/{name}/versions/(?P<commit>[0-9a-f]{{7,64}})", VersionHandler),
         (prefix + r"/.*", NotFoundHandler),
     ]

@@ -23,7 +23,7 @@ from tornado.httpserver import HTTPServer
 from traitlets import Integer, Unicode, default
 from traitlets.config import Application, Config
 
-from .. import hubconfig, tljhconfig
+from .. import hubconfig, tljhconfig, validation
 from ..assets import STATIC_DIR, jinja_env
 from ..builder import BuildSettings
 from ..catalogue import Catalogue
@@ -61,6 +61,12 @@ class EnvironmentsService(Application):
     )
     max_concurrent_builds_per_user = Integer(
         1, help="Builds a user (not an admin) may have queued or running at once."
+    ).tag(config=True)
+    max_versions_per_environment = Integer(
+        5, help="Built versions kept per environment (0: all); older unused ones are removed."
+    ).tag(config=True)
+    max_image_disk = Unicode(
+        "", help="Disk all images may take (e.g. 200G); the oldest unused versions go first."
     ).tag(config=True)
     max_daily_builds_per_user = Integer(
         20, help="Builds (not counting reused images) a user may start in 24 hours."
@@ -165,6 +171,8 @@ class EnvironmentsService(Application):
             log_tail=self.log_tail_lines,
             max_concurrent_per_user=self.max_concurrent_builds_per_user,
             max_daily_per_user=self.max_daily_builds_per_user,
+            max_versions=self.max_versions_per_environment,
+            max_image_disk=validation.disk_size(self.max_image_disk, "max_image_disk"),
         )
         interrupted = await self.builds.recover()
         if interrupted:

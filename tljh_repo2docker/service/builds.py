@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import aiodocker
 from sqlalchemy import func, select
 
-from .. import gitref
+from .. import gitref, versions
 from ..builder import BuildRequest, BuildSettings
 from ..buildjob import BuildFailed, run_build
 from ..catalogue import Catalogue
@@ -85,7 +85,11 @@ class BuildManager:
         log_tail: int = 2000,
         max_concurrent_per_user: int = 1,
         max_daily_per_user: int = 20,
+        max_versions: int = 5,
+        max_image_disk: int | None = None,
     ):
+        self.max_versions = max_versions
+        self.max_image_disk = max_image_disk
         self.max_concurrent_per_user = max_concurrent_per_user
         self.max_daily_per_user = max_daily_per_user
         self.log_head = log_head
@@ -236,6 +240,8 @@ class BuildManager:
             )
             status = store.SUCCEEDED
             fields = {"commit": result.commit, "image": result.image, "cached": result.cached}
+            if not result.cached:
+                await self.collect_garbage(buildlog)
         except asyncio.CancelledError:
             if self.shutting_down:
                 status = store.INTERRUPTED
@@ -266,6 +272,22 @@ class BuildManager:
                     setattr(build, key, value)
                 db.commit()
             buildlog.finish()
+            self.catalogue.invalidate()
+
+    async def collect_garbage(self, buildlog: BuildLog | None = None):
+        """Remove old versions beyond the limits (never one a container uses)."""
+        try:
+            images = await self.catalogue.images(fresh=True)
+            in_use = await dockerops.images_in_use(self.docker)
+            doomed = versions.to_collect(images, in_use, self.max_versions, self.max_image_disk)
+            for info in doomed:
+                await dockerops.remove_image(self.docker, info.image)
+                log.info("removed old version %s", info.image)
+                if buildlog is not None:
+                    buildlog.append("built", f"Removed the old version {info.image}\n")
+        except aiodocker.DockerError as e:  # a full disk must not fail the build
+            log.warning("could not remove old versions: %s", e)
+        finally:
             self.catalogue.invalidate()
 
     async def _remove_partial_image(self, build_id: int, request: BuildRequest):

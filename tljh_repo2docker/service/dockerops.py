@@ -40,6 +40,16 @@ async def servers_by_environment(docker: aiodocker.Docker, hub: str) -> dict[str
     return found
 
 
+async def images_in_use(docker: aiodocker.Docker) -> set[str]:
+    """Image names and ids that any container (running or not) uses."""
+    used = set()
+    for c in await docker.containers.list(all=True):
+        used.add(c._container.get("Image", ""))
+        used.add(c._container.get("ImageID", ""))
+    used.discard("")
+    return used
+
+
 async def remove_image(docker: aiodocker.Docker, ref: str) -> bool:
     """Remove an image (tag); False if it was not there."""
     try:

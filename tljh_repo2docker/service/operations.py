@@ -11,7 +11,7 @@ import json
 
 from sqlalchemy import func, select
 
-from .. import access, labels, validation
+from .. import access, labels, validation, versions
 from ..builder import validate_request
 from ..validation import InvalidInput
 from . import dockerops, store
@@ -196,6 +196,37 @@ async def delete_environment(service, db, env: store.Environment, stop_servers: 
     await service.remove_images(env.name)
     db.delete(env)
     db.commit()
+
+
+async def list_versions(service, env: store.Environment) -> list[dict]:
+    """The environment's built versions, newest (the current one) first."""
+    images = [i for i in await service.catalogue.images(fresh=True) if i.environment == env.name]
+    in_use = await dockerops.images_in_use(service.docker)
+    newest = versions.newest_first(images)
+    return [
+        {
+            "commit": info.commit,
+            "image": info.image,
+            "size": info.size,
+            "built_at": info.built_at or None,
+            "built_by": info.built_by or None,
+            "current": n == 0,
+            "in_use": info.image in in_use or info.image_id in in_use,
+        }
+        for n, info in enumerate(newest)
+    ]
+
+
+async def delete_version(service, env: store.Environment, commit: str):
+    """Remove one built version; refused while a server uses it."""
+    for version in await list_versions(service, env):
+        if version["commit"].startswith(commit):
+            if version["in_use"]:
+                raise Conflict(f"a server uses {version['image']}; stop it first")
+            await dockerops.remove_image(service.docker, version["image"])
+            service.catalogue.invalidate()
+            return
+    raise NotFound(f"{env.name} has no version {commit}")
 
 
 async def cancel_build(service, db, env: store.Environment, build: store.Build):

@@ -100,16 +100,7 @@ class ListPage(PageHandler):
 
 
 class NewPage(PageHandler):
-    fields = (
-        "name",
-        "repo",
-        "ref",
-        "display_name",
-        "mem_limit",
-        "cpu_limit",
-        "build_args",
-        "visibility",
-    )
+    fields = tuple(sorted(ops.CREATE_FIELDS))
 
     @web.authenticated
     def get(self):
@@ -159,6 +150,7 @@ class EnvironmentPage(PageHandler):
                 .limit(50)
             ).all()
             build_models = [self.build_model(b, env.name) for b in builds]
+            env_versions = await ops.list_versions(self.service, env)
         self.render_page(
             "service/environment.html",
             status=status,
@@ -167,6 +159,7 @@ class EnvironmentPage(PageHandler):
             error=error,
             launch=self.launch_link(model),
             can_edit=may_edit,
+            versions=env_versions,
         )
 
     def launch_link(self, env: dict) -> dict | None:
@@ -247,6 +240,19 @@ class BuildPage(PageHandler):
         self.go(f"environments/{name}/builds/{build_id}")
 
 
+class VersionDeletePage(PageHandler):
+    @web.authenticated
+    async def post(self, name, commit):
+        self.require_build()
+        try:
+            with self.db() as db:
+                env = self.editable(db, name)
+                await ops.delete_version(self.service, env, commit)
+        except (ops.Conflict, ops.NotFound) as e:
+            return await EnvironmentPage.show(self, name, error=str(e), status=409)
+        self.go(f"environments/{name}")
+
+
 def routes(prefix: str) -> list:
     name = r"(?P<name>[a-z0-9][a-z0-9._-]{0,62})"
     build = r"(?P<build_id>[0-9]{1,12})"
@@ -257,4 +263,8 @@ def routes(prefix: str) -> list:
         (prefix + rf"environments/{name}/(?P<action>edit|rebuild|delete)", EnvironmentPage),
         (prefix + rf"environments/{name}/builds/{build}", BuildPage),
         (prefix + rf"environments/{name}/builds/{build}/cancel", BuildPage),
+        (
+            prefix + rf"environments/{name}/versions/(?P<commit>[0-9a-f]{{7,64}})/delete",
+            VersionDeletePage,
+        ),
     ]
