@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 
 import pytest
 
 from tljh_repo2docker.catalogue import Catalogue
 
 from .conftest import run_cli
-from .dockerfixtures import commit_change
+from .dockerfixtures import commit_change, docker
 
 pytestmark = pytest.mark.docker
 
@@ -39,3 +40,37 @@ def test_rebuilding_an_older_commit_makes_it_current(hub, git_repo, hub_name):
     result = run_cli(hub, "build", url, "--ref", old, "--name", "versions")
     assert result.stdout.strip().splitlines()[-1].startswith("reused")
     assert current() == old
+
+
+@pytest.fixture(scope="module")
+def hub_settings(hub_settings):
+    return {**hub_settings, "max_versions_per_environment": 2}
+
+
+def test_old_versions_beyond_the_limit_are_removed(hub, git_repo, hub_name):
+    admin = hub.user_token("admin")
+
+    def api(method, path, **kw):
+        return hub.service_api(method, path, token=admin, **kw)
+
+    def build_and_wait(build_id):
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            build = api("GET", f"/environments/gc/builds/{build_id}").json()
+            if build["status"] not in ("queued", "running"):
+                return build
+            time.sleep(0.2)
+        raise AssertionError("build did not finish")
+
+    r = api("POST", "/environments", json={"name": "gc", "repo": f"file://{git_repo}"})
+    assert r.status_code == 201, r.text
+    first = build_and_wait(r.json()["latest_build"]["id"])
+    images = [first["image"]]
+    for n in range(2):
+        commit_change(git_repo, f"RUN echo gc-{n} > /tmp/gc")
+        r = api("POST", "/environments/gc/builds")
+        assert r.status_code == 202, r.text
+        images.append(build_and_wait(r.json()["id"])["image"])
+    left = [v["image"] for v in api("GET", "/environments/gc/versions").json()["versions"]]
+    assert left == [images[2], images[1]], left  # newest first; the oldest went
+    assert docker("images", "-q", images[0]) == ""
