@@ -164,3 +164,30 @@ def test_cleanup_student_server(hub, spec_path):
     r = hub.api("DELETE", f"/users/student/servers/{spec.server_name}")
     assert r.status_code in (202, 204)
     hub.wait_stopped("student", spec.server_name)
+
+
+def test_launch_names_cannot_be_taken_by_other_environments(hub, spec_path, project_repo):
+    spec = providers.parse("git", spec_path[4:], allow_local=True)
+    # users cannot take the names launch links use ...
+    mallory = hub.user_token("mallory")
+    r = hub.service_api(
+        "POST",
+        "/environments",
+        token=mallory,
+        json={"name": "git-squat-12345678", "repo": f"file://{project_repo}"},
+    )
+    assert r.status_code == 400 and "launch" in r.json()["message"]
+    # ... and a launch never uses an environment of another repository
+    other = providers.parse("git", quote("file:///srv/other", safe="") + "/main", allow_local=True)
+    admin = hub.user_token("admin")
+    r = hub.service_api(
+        "POST",
+        "/environments",
+        token=admin,
+        json={"name": other.environment_name, "repo": f"file://{project_repo}"},
+    )
+    assert r.status_code == 201, r.text
+    got = events(hub, mallory, "git/" + quote("file:///srv/other", safe="") + "/main")
+    assert got[-1]["phase"] == "failed"
+    assert "not this repository's" in got[-1]["message"]
+    assert spec.environment_name != other.environment_name

@@ -118,6 +118,11 @@ class BuildEvents(APIHandler):
                 )
                 db.add(env)
                 db.commit()
+            elif env.repo != spec.repo or env.owner:
+                # the name a launch link uses, taken by another environment
+                return self.emit(
+                    "failed", f"The environment {env.name} is not this repository's.\n"
+                )
             env_id = env.id
 
         if spec.ref:

@@ -11,7 +11,7 @@ import json
 
 from sqlalchemy import func, select
 
-from .. import access, labels, validation, versions
+from .. import access, labels, providers, validation, versions
 from ..builder import validate_request
 from ..validation import InvalidInput
 from . import dockerops, store
@@ -102,6 +102,8 @@ def create_environment(service, db, data: dict, username: str, admin: bool = Tru
         build_args=data.get("build_args"),
     )
     credentials = credentials_from(data)
+    if not admin and request.name.startswith(tuple(f"{p}-" for p in providers.PROVIDERS)):
+        raise InvalidInput("name", "names starting with a launch provider are for launch links")
     if store.find_environment(db, request.name) is not None:
         raise Conflict(f"an environment named {request.name} exists already")
     if not admin:
