@@ -116,7 +116,16 @@ class ListCache:
     async def render(self, service, viewer: access.Viewer) -> str:
         images = await service.current_images()
         usage = await service.server_usage()
-        key = (service.sessions.generation(), _fingerprint(images, usage))
+        with service.sessions() as db:
+            # commits by this process, and a cheap look at what others wrote
+            outside = db.execute(
+                select(
+                    select(func.count(store.Environment.id)).scalar_subquery(),
+                    select(func.max(store.Environment.updated_at)).scalar_subquery(),
+                    select(func.max(store.Build.id)).scalar_subquery(),
+                )
+            ).one()
+        key = (service.sessions.generation(), tuple(outside), _fingerprint(images, usage))
         if key != self._key:
             with service.sessions() as db:
                 envs = db.scalars(select(store.Environment).order_by(store.Environment.name)).all()
