@@ -352,38 +352,9 @@ def slow_table(slow, lo: float, hi: float, top: int = 6) -> list[str]:
     ]
 
 
-class BenchHub(HubProcess):
-    def __init__(self, prefix: Path, settings: dict, token: str, config_file: Path):
-        super().__init__(prefix, settings, token)
-        self.config_file = config_file
-
-    def start(self, timeout: float = 90):
-        # HubProcess.start with self.config_file instead of dev/jupyterhub_config.py
-        self.write_config()
-        state = self.prefix / "state"
-        state.mkdir(parents=True, exist_ok=True)
-        log_file = open(self.log_path, "ab")  # noqa: SIM115 (kept open by the child)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(self.config_file)],
-            cwd=state,
-            env=self.env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log_file.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if requests.get(self.url + "/hub/api", timeout=2).status_code == 200:
-                    self.wait_service(deadline)
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"hub did not answer within {timeout} s:\n{self.log_tail()}")
+# a hub run with another JupyterHub config file (same environment, same API):
+# HubProcess(prefix, settings, token, config_file)
+BenchHub = HubProcess
 
 
 class Bench:

@@ -31,6 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import docker
 import docker.errors
@@ -108,39 +109,9 @@ def run(cmd: list[str], timeout: float, env: dict | None = None) -> str:
 
 
 # --- hubs ------------------------------------------------------------------------------
-class ConfigFileHub(HubProcess):
-    """HubProcess with another JupyterHub config file (same environment, same API)."""
-
-    def __init__(self, prefix: Path, settings: dict, token: str, config_file: Path):
-        super().__init__(prefix, settings, token)
-        self.config_file = config_file
-
-    def start(self, timeout: float = 60):
-        # HubProcess.start with self.config_file instead of dev/jupyterhub_config.py
-        self.write_config()
-        state = self.prefix / "state"
-        state.mkdir(parents=True, exist_ok=True)
-        log_file = open(self.log_path, "ab")  # noqa: SIM115 (kept open by the child)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(self.config_file)],
-            cwd=state,
-            env=self.env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log_file.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if requests.get(self.url + "/hub/api", timeout=2).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"hub did not answer within {timeout} s:\n{self.log_tail()}")
+# a hub run with another JupyterHub config file (same environment, same API):
+# HubProcess(prefix, settings, token, config_file)
+ConfigFileHub = HubProcess
 
 
 # The project's config as is. Included rather than passed with -f so that the hub's
@@ -252,7 +223,10 @@ def container_gone(api: docker.APIClient, name: str) -> bool:
 
 def spawn_cycle(hub, user, options, events, api) -> dict:
     """Start the server, time the milestones from the POST, stop it again."""
-    name = f"jupyter-{user}"
+    # Repo2DockerSpawner names containers jupyter-<hub_name>-<user> (hubs sharing an
+    # engine stay apart); plain DockerSpawner (no options) jupyter-<user>
+    prefix = f"jupyter-{hub.settings['hub_name']}" if options else "jupyter"
+    name = f"{prefix}-{user}"
     events.forget(name)
     out: dict = {}
     done = threading.Event()
@@ -544,7 +518,9 @@ async def catalogue_benchmark(hub_name: str, n: int, api: docker.APIClient, data
 async def form_in_process(hub_name: str, expected: int):
     c = Config()
     c.BuildSettings.hub_name = hub_name
-    spawner = Repo2DockerSpawner(config=c)
+    # a user who sees every public environment, as in the hub
+    viewer = SimpleNamespace(name="bench", groups=[], admin=False)
+    spawner = Repo2DockerSpawner(config=c, user=viewer)
     try:
         html = await Repo2DockerSpawner.render_options_form(spawner)  # warms the catalogue
         count = html.count('name="environment"')

@@ -45,8 +45,10 @@ def free_port() -> int:
 
 
 class HubProcess:
-    def __init__(self, prefix: Path, settings: dict, token: str):
+    def __init__(self, prefix: Path, settings: dict, token: str, config_file: Path | None = None):
         self.prefix = prefix
+        # benchmarks pass a file that loads dev/jupyterhub_config.py and changes it
+        self.config_file = config_file or ROOT / "dev" / "jupyterhub_config.py"
         self.settings = settings
         self.token = token
         self.port = free_port()
@@ -81,7 +83,7 @@ class HubProcess:
         state.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 (kept open by the child)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(ROOT / "dev" / "jupyterhub_config.py")],
+            [sys.executable, "-m", "jupyterhub", "-f", str(self.config_file)],
             cwd=state,
             env=self.env,
             stdout=log,
