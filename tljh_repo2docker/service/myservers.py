@@ -287,6 +287,7 @@ class MyServersPage(PageHandler):
             flash=self.pop_flash() if error is None else None,
             culler=culler_settings(),
             confirm_delete=confirm,
+            active_page="servers",
         )
 
     # --- acting -------------------------------------------------------------------
