@@ -384,3 +384,12 @@ def test_on_spawn_gets_the_child_pid():
         assert spawned == [pids[0]]
     finally:
         kill_leftovers(pids)
+
+
+def test_live_group_members_sees_this_process_and_not_others():
+    import os
+
+    from tljh_repo2docker.runner import live_group_members
+
+    assert os.getpid() in live_group_members(os.getpgrp())
+    assert live_group_members(2**22 + 7) == []

@@ -43,6 +43,37 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
         pass
 
 
+def live_group_members(pgid: int) -> list[int]:
+    """Processes of group ``pgid`` that have not exited yet (zombies excluded)."""
+    members = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return members
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may contain spaces and ")"
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
+async def wait_group_gone(pgid: int, timeout: float = 5.0) -> None:
+    """Until every process of the group has exited (SIGKILL is asynchronous)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while live_group_members(pgid) and loop.time() < deadline:
+        kill_group(pgid, signal.SIGKILL)
+        await asyncio.sleep(0.02)
+
+
 async def run_logged(
     argv: list[str],
     on_line: Callable[[LogLine], None],
@@ -86,4 +117,5 @@ async def run_logged(
             pass
         kill_group(proc.pid, signal.SIGKILL)
         await proc.wait()
+        await wait_group_gone(proc.pid)
         raise
