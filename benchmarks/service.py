@@ -36,11 +36,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.dockerfixtures import SINGLEUSER_IMAGE, remove_hub_objects  # noqa: E402
-from tests.hubprocess import CHP, HubProcess, free_port  # noqa: E402
+from tests.hubprocess import (  # noqa: E402
+    OFFLINE_R2D_CONFIG,
+    HubProcess,
+    free_port,
+    missing_tools,
+)
 from tljh_repo2docker import gitref, labels  # noqa: E402
 from tljh_repo2docker.builder import BuildRequest, BuildSettings, repo2docker_argv  # noqa: E402
 
-OFFLINE_R2D_CONFIG = str(ROOT / "examples" / "repo2docker-offline.py")
 DEV_CONFIG = ROOT / "dev" / "jupyterhub_config.py"
 IMAGE_PREFIX = "tljh-r2d-bench/"
 SERVICE_PREFIX = "/services/environments"
@@ -808,17 +812,9 @@ def bursts(samples) -> tuple[float, int]:
 
 # --- main --------------------------------------------------------------------------------------
 def check_host():
-    if shutil.which("docker") is None:
-        sys.exit("docker CLI not found: run scripts/setup-host")
-    if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode != 0:
-        sys.exit("Docker engine not reachable: run scripts/setup-host")
-    if not CHP.exists():
-        sys.exit(f"{CHP} missing: run scripts/setup-host")
-    images = subprocess.run(
-        ["docker", "images", "-q", SINGLEUSER_IMAGE], capture_output=True, text=True, timeout=30
-    )
-    if not images.stdout.strip():
-        sys.exit(f"{SINGLEUSER_IMAGE} missing: run scripts/setup-host")
+    problem = missing_tools()
+    if problem:
+        sys.exit(problem)
 
 
 def main() -> int:

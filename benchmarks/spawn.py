@@ -42,13 +42,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.dockerfixtures import SINGLEUSER_IMAGE, make_git_repo, remove_hub_objects  # noqa: E402
-from tests.hubprocess import CHP, HubProcess  # noqa: E402
+from tests.dockerfixtures import make_git_repo, remove_hub_objects  # noqa: E402
+from tests.hubprocess import (  # noqa: E402
+    OFFLINE_R2D_CONFIG,
+    HubProcess,
+    missing_tools,
+)
 from tljh_repo2docker import labels  # noqa: E402
 from tljh_repo2docker.catalogue import Catalogue  # noqa: E402
 from tljh_repo2docker.spawner import Repo2DockerSpawner  # noqa: E402
 
-OFFLINE_R2D_CONFIG = str(ROOT / "examples" / "repo2docker-offline.py")
 DEV_CONFIG = ROOT / "dev" / "jupyterhub_config.py"
 IMAGE_PREFIX = "tljh-r2d-bench/"
 ENVIRONMENT = "bench"
@@ -578,17 +581,9 @@ def form_over_http(hub: HubProcess, user: str, expected: int):
 
 # --- main ------------------------------------------------------------------------------------
 def check_host():
-    if shutil.which("docker") is None:
-        sys.exit("docker CLI not found: run scripts/setup-host")
-    if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode != 0:
-        sys.exit("Docker engine not reachable: run scripts/setup-host")
-    if not CHP.exists():
-        sys.exit(f"{CHP} missing: run scripts/setup-host")
-    images = subprocess.run(
-        ["docker", "images", "-q", SINGLEUSER_IMAGE], capture_output=True, text=True, timeout=30
-    )
-    if not images.stdout.strip():
-        sys.exit(f"{SINGLEUSER_IMAGE} missing: run scripts/setup-host")
+    problem = missing_tools()
+    if problem:
+        sys.exit(problem)
 
 
 def main() -> int:

@@ -5,14 +5,13 @@ JupyterHub and configurable-http-proxy; ``scripts/test`` sets all of them up.
 from __future__ import annotations
 
 import secrets
-import shutil
 import subprocess
 import sys
 
 import pytest
 
 from .dockerfixtures import dump_container_logs, make_git_repo, remove_hub_objects
-from .hubprocess import CHP, HubProcess, hub_settings_for
+from .hubprocess import HubProcess, hub_settings_for, missing_tools
 
 
 def pytest_configure(config):
@@ -22,13 +21,9 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def docker_ready():
     """Fail (never skip) when Docker is missing: CI must run these tests."""
-    if shutil.which("docker") is None:
-        pytest.fail("docker CLI not found: run scripts/setup-host (scripts/test does)")
-    info = subprocess.run(["docker", "info"], capture_output=True, text=True)
-    if info.returncode != 0:
-        pytest.fail(f"Docker engine not reachable: {info.stderr.strip()[:300]}")
-    if not CHP.exists():
-        pytest.fail(f"{CHP} missing: run scripts/setup-host")
+    problem = missing_tools()
+    if problem:
+        pytest.fail(problem)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ real hook, with a config.yaml of the test's choosing.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,26 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 CHP = ROOT / ".cache" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
 OFFLINE_R2D_CONFIG = str(ROOT / "examples" / "repo2docker-offline.py")
+
+
+def missing_tools() -> str | None:
+    """What the Docker tests and benchmarks need but this machine lacks, or None
+    (scripts/setup-host installs all of it)."""
+    from .dockerfixtures import SINGLEUSER_IMAGE
+
+    if shutil.which("docker") is None:
+        return "docker CLI not found: run scripts/setup-host (scripts/test does)"
+    info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    if info.returncode != 0:
+        return f"Docker engine not reachable: {info.stderr.strip()[:300]}"
+    if not CHP.exists():
+        return f"{CHP} missing: run scripts/setup-host"
+    images = subprocess.run(
+        ["docker", "images", "-q", SINGLEUSER_IMAGE], capture_output=True, text=True, timeout=60
+    )
+    if not images.stdout.strip():
+        return f"{SINGLEUSER_IMAGE} missing: run scripts/setup-host"
+    return None
 
 
 def hub_settings_for(hub_name: str, homes_dir: str, **extra) -> dict:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,7 +26,12 @@ from tests.dockerfixtures import (  # noqa: E402
     make_git_repo,
     remove_hub_objects,
 )
-from tests.hubprocess import CHP, HubProcess, free_port, hub_settings_for  # noqa: E402
+from tests.hubprocess import (  # noqa: E402
+    HubProcess,
+    free_port,
+    hub_settings_for,
+    missing_tools,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -49,13 +52,9 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def docker_ready():
     """Fail (never skip) when something the tests need is missing."""
-    if shutil.which("docker") is None:
-        pytest.fail("docker CLI not found: run scripts/setup-host (scripts/test does)")
-    info = subprocess.run(["docker", "info"], capture_output=True, text=True)
-    if info.returncode != 0:
-        pytest.fail(f"Docker engine not reachable: {info.stderr.strip()[:300]}")
-    if not CHP.exists():
-        pytest.fail(f"{CHP} missing: run scripts/setup-host")
+    problem = missing_tools()
+    if problem:
+        pytest.fail(problem)
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} missing: run scripts/setup-host --browser")
 
