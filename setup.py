@@ -20,6 +20,7 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     # templates/ and static/ live at the top of the repository and are
     # installed as sub-packages so that pip and editable installs find them.
@@ -43,7 +44,9 @@ setup(
     # starts the hub before it installs tljh_extra_hub_pip_packages.
     install_requires=[
         "aiodocker>=0.21",
+        "docker>=5",
         "dockerspawner>=13",
+        "escapism>=1",
         "jinja2>=3",
         "jupyter-repo2docker>=2024.7",
         "jupyterhub>=5.2,<7",

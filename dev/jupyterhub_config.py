@@ -17,6 +17,7 @@ Environment:
 
 import os
 
+from tljh_repo2docker.hubconfig import config_d_files
 from tljh_repo2docker.plugin import tljh_custom_jupyterhub_config
 
 c = get_config()  # noqa: F821 (given by JupyterHub)
@@ -54,3 +55,7 @@ if env("R2D_DEV_API_TOKEN"):
 
 # --- the plugin, as TLJH calls it --------------------------------------------------
 tljh_custom_jupyterhub_config(c)
+
+# --- last, as TLJH: $TLJH_INSTALL_PREFIX/config/jupyterhub_config.d/*.py ------------
+for path in config_d_files(prefix):
+    load_subconfig(path)  # noqa: F821 (given by JupyterHub)

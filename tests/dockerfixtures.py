@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
 from tljh_repo2docker import labels
 
 ROOT = Path(__file__).resolve().parent.parent
-SINGLEUSER_IMAGE = "tljh-repo2docker-dev/singleuser:latest"
+# scripts/setup-host builds one per JupyterHub major; the test run on
+# JupyterHub 5 (scripts/test) points this at the matching one.
+SINGLEUSER_IMAGE = os.environ.get(
+    "TLJH_R2D_SINGLEUSER_IMAGE", "tljh-repo2docker-dev/singleuser:latest"
+)
 
 
 def docker(*args: str, check: bool = True) -> str:
@@ -43,7 +48,7 @@ def dump_container_logs(hub_name: str) -> str:
 def remove_hub_objects(hub_name: str):
     """Remove every container and image that carries this hub's label."""
     for cid in containers(hub_name):
-        docker("rm", "-f", cid, check=False)
+        docker("rm", "-f", "-v", cid, check=False)  # and anonymous volumes
     images = docker("images", "-q", "--filter", f"label={labels.HUB}={hub_name}").split()
     if images:
         docker("rmi", "-f", *sorted(set(images)), check=False)

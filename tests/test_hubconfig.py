@@ -47,6 +47,8 @@ def tljh_prefix(tmp_path, monkeypatch):
 def run_hook(c: Config, bridge="172.17.0.1", monkeypatch=None):
     if monkeypatch is not None:
         monkeypatch.setattr(hubconfig, "bridge_ip", lambda interface="docker0": bridge)
+        # as on a fresh TLJH install: no Docker yet, so nothing to wait for
+        monkeypatch.setattr(hubconfig, "docker_installed", lambda: False)
     plugin.tljh_custom_jupyterhub_config(c)
     return c
 
@@ -248,3 +250,21 @@ def test_container_names_are_per_hub():
     assert Repo2DockerSpawner(config=c).prefix == "jupyter-class-b"
     # the default hub keeps TLJH-like names: jupyter-<user>
     assert Repo2DockerSpawner(config=Config()).prefix == "jupyter"
+
+
+def test_the_hub_waits_for_the_bridge_while_docker_starts(monkeypatch):
+    """A reboot where Docker comes up after the hub: the address is read once
+    docker0 exists, not fixed to loopback at the wrong moment."""
+    answers = iter([None, None, "172.17.0.1"])
+    monkeypatch.setattr(hubconfig, "bridge_ip", lambda interface="docker0": next(answers))
+    monkeypatch.setattr(hubconfig, "docker_installed", lambda: True)
+    assert hubconfig.wait_for_bridge(timeout=5, interval=0.01) == "172.17.0.1"
+
+
+def test_waiting_for_the_bridge_ends(monkeypatch):
+    monkeypatch.setattr(hubconfig, "bridge_ip", lambda interface="docker0": None)
+    monkeypatch.setattr(hubconfig, "docker_installed", lambda: True)
+    assert hubconfig.wait_for_bridge(timeout=0.05, interval=0.01) is None
+    # without Docker installed there is nothing to wait for
+    monkeypatch.setattr(hubconfig, "docker_installed", lambda: False)
+    assert hubconfig.wait_for_bridge(timeout=60, interval=30) is None

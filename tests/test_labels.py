@@ -306,3 +306,24 @@ def test_image_info_is_frozen():
     info = entry("demo", "2024-01-01T00:00:00Z")
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.environment = "other"
+
+
+def test_builds_within_one_second_are_ordered_by_their_real_time():
+    """Two builds that finish in the same second (a cached rebuild takes less
+    than one) keep their order: the later one is current, whatever the tags."""
+    first = entry("demo", "2026-12-01T10:00:00.900000Z", image="tljh-r2d/demo:ffffffffffff")
+    second = entry("demo", "2026-12-01T10:00:00.100000Z", image="tljh-r2d/demo:000000000000")
+    later = entry("demo", "2026-12-01T10:00:01.000001Z", image="tljh-r2d/demo:000000000001")
+    assert labels.latest_per_environment([first, second]) == [first]
+    assert labels.latest_per_environment([later, first, second]) == [later]
+    # labels from before (whole seconds) compare by time too
+    old = entry("demo", "2026-12-01T10:00:00Z", image="tljh-r2d/demo:ffffffffffff")
+    assert labels.latest_per_environment([old, second]) == [second]
+
+
+def test_build_time_labels_never_tie_in_one_process():
+    from tljh_repo2docker.buildjob import utcnow_iso
+
+    stamps = [utcnow_iso() for _ in range(2000)]
+    keys = [labels.built_at_key(s) for s in stamps]
+    assert all(a < b for a, b in zip(keys, keys[1:], strict=False))

@@ -12,9 +12,11 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import struct
 import sys
+import time
 
 from . import tljhconfig
 from .assets import TEMPLATES_DIR
@@ -44,6 +46,17 @@ KEYS = {
     "appendix": ("BuildSettings", "appendix"),
     "extra_args": ("BuildSettings", "extra_args"),
     "project_folders": ("BuildSettings", "project_folders"),
+    "trusted_launch_sources": ("BuildSettings", "trusted_launch_sources"),
+    "allowed_networks": ("BuildSettings", "allowed_networks"),
+    "allowed_hosts": ("BuildSettings", "allowed_hosts"),
+    "allowed_base_images": ("BuildSettings", "allowed_base_images"),
+    "fetch_submodules": ("BuildSettings", "fetch_submodules"),
+    "log_max_line_bytes": ("BuildSettings", "log_max_line_bytes"),
+    "log_max_bytes": ("BuildSettings", "log_max_bytes"),
+    "user_gid": ("BuildSettings", "user_gid"),
+    "launch_home_access": ("BuildSettings", "launch_home_access"),
+    "server_pids_limit": ("Repo2DockerSpawner", "pids_limit"),
+    "server_mem_limit": ("Repo2DockerSpawner", "default_mem_limit"),
     "build_concurrency": ("EnvironmentsService", "build_concurrency"),
     "db_url": ("EnvironmentsService", "db_url"),
     "max_environments_per_user": ("EnvironmentsService", "max_environments_per_user"),
@@ -51,6 +64,12 @@ KEYS = {
     "max_daily_builds_per_user": ("EnvironmentsService", "max_daily_builds_per_user"),
     "max_versions_per_environment": ("EnvironmentsService", "max_versions_per_environment"),
     "max_image_disk": ("EnvironmentsService", "max_image_disk"),
+    "cors_allow_origin": ("EnvironmentsService", "cors_allow_origin"),
+    "binder_service_name": ("EnvironmentsService", "binder_service_name"),
+    "db_busy_timeout": ("EnvironmentsService", "db_busy_timeout"),
+    "health_min_free_disk": ("EnvironmentsService", "health_min_free_disk"),
+    "health_cache_seconds": ("EnvironmentsService", "health_cache_seconds"),
+    "startup_retry_seconds": ("EnvironmentsService", "startup_retry_seconds"),
 }
 # Keys read here rather than mapped onto a trait.
 OWN_KEYS = {"hub_ip", "service_port", "build_policy", "max_servers_per_user"}
@@ -74,6 +93,32 @@ def bridge_ip(interface: str = "docker0") -> str | None:
     return socket.inet_ntoa(packed[20:24])
 
 
+def docker_installed() -> bool:
+    return shutil.which("dockerd") is not None
+
+
+def wait_for_bridge(
+    timeout: float = 30, interval: float = 0.5, interface: str = "docker0"
+) -> str | None:
+    """The bridge address, waiting for it while Docker is installed but not up.
+
+    The hub binds this address once, at start: reading it before Docker has
+    made docker0 would leave the hub on 127.0.0.1 until the next restart. The
+    systemd drop-in orders the hub after Docker; this covers the rest (Docker
+    still starting, a hand-made restart order). Without Docker installed at
+    all (TLJH starts the hub before the plugin installs it) there is nothing
+    to wait for.
+    """
+    address = bridge_ip(interface)
+    if address or not docker_installed():
+        return address
+    deadline = time.monotonic() + timeout
+    while address is None and time.monotonic() < deadline:
+        time.sleep(interval)
+        address = bridge_ip(interface)
+    return address
+
+
 def apply_hub_config(c, settings: dict, docker_bridge_ip: str | None) -> list[str]:
     """Fill JupyterHub config ``c`` from the ``repo2docker`` settings.
 
@@ -94,7 +139,8 @@ def apply_hub_config(c, settings: dict, docker_bridge_ip: str | None) -> list[st
     else:
         warnings.append(
             "no Docker bridge (docker0) found: the hub listens on 127.0.0.1 only and "
-            "containers cannot reach it until Docker is installed and the hub restarted"
+            "no server can start until Docker runs and the hub is restarted "
+            "(sudo tljh-config reload hub)"
         )
 
     # TLJH sets c.Spawner.cmd for its own user environment; containers run
@@ -160,6 +206,12 @@ def add_service(c, settings: dict, python: str = sys.executable):
             "display": False,
         }
     )
+    # BinderHub's API under /services/binder/ too (jupyterhub-fancy-profiles
+    # looks for it there): a second route to the same service process
+    binder = settings.get("binder_service_name", "binder")
+    if binder and isinstance(binder, str) and binder != SERVICE_NAME:
+        services = [s for s in services if s.get("name") != binder]
+        services.append({"name": binder, "url": f"http://127.0.0.1:{port}", "display": False})
     c.JupyterHub.services = services
     # launch links open a named server per repository
     c.JupyterHub.allow_named_servers = True
@@ -189,8 +241,9 @@ def add_service(c, settings: dict, python: str = sys.executable):
     add_build_policy(c, roles, str(settings.get("build_policy") or "users"), access)
     roles["environments-service"] = {
         "name": "environments-service",
-        "description": "What the environments service does on the hub: stop servers",
-        "scopes": ["admin:servers", "read:users"],
+        "description": "What the environments service does on the hub: start and stop "
+        "servers, and give a launch a short-lived token that opens one server",
+        "scopes": ["admin:servers", "read:users", "tokens"],
         "services": [SERVICE_NAME],
     }
     c.JupyterHub.load_roles = list(roles.values())
@@ -203,6 +256,48 @@ def add_service(c, settings: dict, python: str = sys.executable):
     template_vars = dict(c.JupyterHub.template_vars) if "template_vars" in c.JupyterHub else {}
     template_vars["tljh_repo2docker_url"] = base_url.rstrip("/") + f"/services/{SERVICE_NAME}/"
     c.JupyterHub.template_vars = template_vars
+
+
+# The classes whose settings the hub, the service and the command line share.
+PLUGIN_CLASSES = ("BuildSettings", "EnvironmentsService", "Repo2DockerSpawner")
+
+
+def config_d_files(install_prefix: str) -> list[str]:
+    """TLJH's ``config/jupyterhub_config.d/*.py``, in the order TLJH loads them."""
+    folder = os.path.join(install_prefix, "config", "jupyterhub_config.d")
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [os.path.join(folder, n) for n in names]
+
+
+def plugin_config(settings: dict, install_prefix: str):
+    """The plugin's own traitlets config, as the hub ends up with it.
+
+    The hub applies tljh-config's ``repo2docker`` section (through the hook)
+    and then TLJH loads ``jupyterhub_config.d/*.py``, which win. The service
+    and the command line run in other processes; they call this to read the
+    same two sources in the same order, so that, e.g., a ``hub_name`` set in
+    a config.d file is the same everywhere. Only the plugin's classes are
+    kept. Returns (Config, warnings).
+    """
+    from traitlets.config import Config
+    from traitlets.config.loader import PyFileConfigLoader
+
+    c = Config()
+    warnings = settings_to_config(c, settings)
+    for path in config_d_files(install_prefix):
+        try:
+            loaded = PyFileConfigLoader(
+                os.path.basename(path), path=os.path.dirname(path)
+            ).load_config()
+        except Exception as e:  # the hub reports its own errors; we go on
+            warnings.append(f"{path}: not read ({e.__class__.__name__}: {e})")
+            continue
+        mine = Config({k: v for k, v in loaded.items() if k in PLUGIN_CLASSES})
+        c.merge(mine)
+    return c, warnings
 
 
 def settings_to_config(c, settings: dict) -> list[str]:

@@ -4,6 +4,7 @@ from Docker alone. Pure functions: building the label dict and parsing it back.
 
 from __future__ import annotations
 
+import datetime
 import re
 from dataclasses import dataclass, field
 
@@ -54,6 +55,27 @@ class ImageInfo:
     @property
     def short_commit(self) -> str:
         return self.commit[:12]
+
+    @property
+    def order_key(self) -> tuple:
+        """Newer builds sort higher: by the build time (to the microsecond
+        since builds label it so; a cached rebuild takes less than a second),
+        then the tag, so that the order is the same in every process."""
+        return (built_at_key(self.built_at), self.image)
+
+
+_EPOCH = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+
+
+def built_at_key(value: str) -> datetime.datetime:
+    """``built_at`` as a time to compare (older labels have whole seconds)."""
+    try:
+        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        return _EPOCH
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+    return parsed
 
 
 def make_labels(
@@ -136,7 +158,7 @@ def latest_per_environment(images: list[ImageInfo]) -> list[ImageInfo]:
     newest: dict[str, ImageInfo] = {}
     for info in images:
         current = newest.get(info.environment)
-        if current is None or (info.built_at, info.image) > (current.built_at, current.image):
+        if current is None or info.order_key > current.order_key:
             newest[info.environment] = info
     return sorted(newest.values(), key=lambda i: (i.display_name.lower(), i.environment))
 

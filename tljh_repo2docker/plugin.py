@@ -12,7 +12,7 @@ import subprocess
 
 import pluggy
 
-from . import hubconfig, tljhconfig
+from . import hostsetup, hubconfig, tljhconfig
 
 hookimpl = pluggy.HookimplMarker("tljh")
 log = logging.getLogger("tljh_repo2docker")
@@ -53,8 +53,24 @@ def tljh_extra_hub_pip_packages():
 @hookimpl
 def tljh_custom_jupyterhub_config(c):
     settings = tljhconfig.load_section()
-    for warning in hubconfig.apply_hub_config(c, settings, hubconfig.bridge_ip()):
+    for warning in hubconfig.apply_hub_config(c, settings, hubconfig.wait_for_bridge()):
         log.warning("tljh-repo2docker: %s", warning)
+
+
+def install_host_files() -> dict[str, bool]:
+    """systemd drop-ins and the sudo link (see ``hostsetup``)."""
+    changed = hostsetup.install_dropins(tljhconfig.install_prefix())
+    log.info("tljh-repo2docker: %s", hostsetup.link_console_script())
+    return changed
+
+
+@hookimpl
+def tljh_config_post_install(config):
+    # The installer calls this before it writes TLJH's units and (re)starts
+    # Traefik and the hub, so both start with the drop-ins from the very
+    # first install on. ``config`` is left as the admin wrote it.
+    if shutil.which("systemctl"):
+        install_host_files()
 
 
 @hookimpl
@@ -67,5 +83,9 @@ def tljh_post_install():
     systemctl = shutil.which("systemctl")
     if not systemctl:
         return
+    changed = install_host_files()
+    subprocess.run([systemctl, "daemon-reload"], check=False)
     subprocess.run([systemctl, "enable", "--now", "docker.service"], check=False)
+    if changed["traefik.service"]:
+        subprocess.run([systemctl, "try-restart", "traefik.service"], check=False)
     subprocess.run([systemctl, "try-restart", "jupyterhub.service"], check=False)

@@ -12,7 +12,7 @@ from .labels import ImageInfo
 
 
 def newest_first(images: list[ImageInfo]) -> list[ImageInfo]:
-    return sorted(images, key=lambda i: (i.built_at, i.image), reverse=True)
+    return sorted(images, key=lambda i: i.order_key, reverse=True)
 
 
 def to_collect(
