@@ -213,11 +213,16 @@ def test_validate_request_follows_allowed_schemes():
         assert request(repo=repo).repo == repo
 
 
-def test_validate_request_local_repos_only_when_allowed():
+def test_validate_request_local_repos_only_when_allowed_and_only_for_admins():
     with pytest.raises(InvalidInput):
-        request(repo="file:///srv/repo")
+        request(repo="file:///srv/repo", admin=True)
     settings = BuildSettings(allow_local_repos=True)
-    assert request(settings, repo="file:///srv/repo").repo == "file:///srv/repo"
+    req = request(settings, repo="file:///srv/repo", admin=True)
+    assert (req.repo, req.trusted) == ("file:///srv/repo", True)
+    # a user: refused even when local repositories are on
+    with pytest.raises(InvalidInput, match="local repositories"):
+        request(settings, repo="file:///srv/repo")
+    assert request(settings).trusted is False
 
 
 # --- repo2docker_argv -------------------------------------------------------
@@ -415,3 +420,43 @@ def test_argv_base_image_understood_by_repo2docker():
         pytest.fail(f"repo2docker refused the command line (exit {e.code})")
     assert r2d.repo == REPO
     assert r2d.base_image == "docker.io/library/ubuntu:22.04"
+
+
+# --- git builds: only git fetches -------------------------------------------------------
+def test_git_only_config_loads_the_admins_files_then_leaves_only_git(tmp_path):
+    from repo2docker.contentproviders import Git
+
+    admin = tmp_path / "admin.py"
+    admin.write_text(
+        "from repo2docker.contentproviders import Local, Zenodo\n"
+        "c.Repo2Docker.content_providers = [Local, Zenodo]\n"
+        "c.Repo2Docker.target_repo_dir = '/srv/repo'\n"
+    )
+    config = tmp_path / "build.py"
+    config.write_text(builder.build_config([str(admin)], git_only=True, dockerfiles=True))
+    settings = BuildSettings(repo2docker_config=[str(admin)])
+    argv = argv_for(settings, config_files=[str(config)])
+    assert option_values(argv, "--config") == [str(config)]
+    r2d = make_r2d(argv[3:])
+    r2d.load_config_file(str(config))
+    assert r2d.content_providers == [Git]
+    assert r2d.target_repo_dir == "/srv/repo"  # the admin's other settings still apply
+
+
+def test_argv_keeps_the_admins_config_files_by_default():
+    settings = BuildSettings(repo2docker_config=["/etc/a.py"])
+    assert option_values(argv_for(settings), "--config") == ["/etc/a.py"]
+
+
+def test_a_users_archive_build_has_no_dockerfile_build_packs(tmp_path):
+    from repo2docker.buildpacks import DockerBuildPack, LegacyBinderDockerBuildPack, PythonBuildPack
+    from repo2docker.contentproviders import Zenodo
+
+    config = tmp_path / "build.py"
+    config.write_text(builder.build_config([], git_only=False, dockerfiles=False))
+    r2d = make_r2d(argv_for(config_files=[str(config)])[3:])
+    r2d.load_config_file(str(config))
+    assert PythonBuildPack in r2d.buildpacks
+    assert DockerBuildPack not in r2d.buildpacks
+    assert LegacyBinderDockerBuildPack not in r2d.buildpacks
+    assert Zenodo in r2d.content_providers  # archives keep their providers

@@ -369,3 +369,12 @@ def test_prepare_home_with_home_path_and_hostile_name(tmp_path):
     assert owner == HomeOwner(1000, 1000)
     assert os.listdir(homes_dir) == [os.path.basename(path)]
     assert sorted(os.listdir(tmp_path)) == ["homes"]
+
+
+@pytest.mark.parametrize("uid, gid", [(0, 100), (1000, 0), (0, 0)])
+def test_prepare_home_never_makes_a_home_for_root(tmp_path, uid, gid):
+    # a home given to root would make its server run as root
+    path = tmp_path / "jupyter-alice"
+    with pytest.raises(HomeError, match="never run as root"):
+        homes.prepare_home(str(path), uid, gid)
+    assert not path.exists()

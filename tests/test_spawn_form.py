@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from tljh_repo2docker.labels import ImageInfo
-from tljh_repo2docker.spawner import Repo2DockerSpawner, SpawnError
+from tljh_repo2docker.spawner import Repo2DockerSpawner, SpawnError, ready_poll_delay
 
 
 def image(env, commit, built_at, display=None, owner="", visibility="public", mem=None):
@@ -147,3 +147,44 @@ def test_refused_choices(monkeypatch, options, message):
     assert message in e.value.jupyterhub_message
     available = e.value.jupyterhub_message.partition("Available:")[2]
     assert "secret" not in available and "physics" not in available
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, [True], {"a": 1}])
+def test_whole_home_must_be_a_boolean(monkeypatch, value):
+    spawner = spawner_for("bob", monkeypatch=monkeypatch)
+    options = {"environment": "course", "project": "course", "whole_home": value}
+    with pytest.raises(SpawnError) as e:
+        asyncio.run(spawner.resolve_choice(options))
+    assert e.value.status_code == 400
+    assert "'whole_home' must be true or false" in e.value.jupyterhub_message
+
+
+# --- readiness polling: cheap when many servers start at once ---------------------
+
+
+def schedule(starting, checks=60, first=0.01, maximum=0.5):
+    return [ready_poll_delay(n, starting, first, maximum) for n in range(checks)]
+
+
+def test_a_lone_spawn_is_checked_every_few_milliseconds():
+    delays = schedule(starting=1)
+    assert delays[0] == 0.01
+    assert max(delays) <= 0.02  # ready within ~20 ms of answering, however long it takes
+
+
+def test_checks_back_off_and_are_shared_when_many_servers_start():
+    for starting in (2, 5, 20, 100):
+        delays = schedule(starting)
+        assert delays[0] == 0.01  # a fast server is still seen at once
+        assert delays == sorted(delays)  # never faster again
+        assert delays[-1] == min(0.5, 0.02 * starting)
+    # all 20 servers together: at most ~50 checks a second once backed off,
+    # where a fixed 10 ms interval made 2000
+    assert 20 / schedule(20)[-1] <= 50
+
+
+def test_the_delay_stays_within_its_bounds():
+    for attempt in (-3, 0, 1, 10, 1000, 10**6):  # a lone spawn checks ~3000 times a minute
+        for starting in (0, 1, 7, 10_000):
+            delay = ready_poll_delay(attempt, starting, 0.01, 0.5)
+            assert 0.01 <= delay <= 0.5

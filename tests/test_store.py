@@ -48,7 +48,7 @@ def test_schema_of_migrations_matches_the_models(tmp_path):
     store.migrate(migrated)
     created = store.make_engine(f"sqlite:///{tmp_path}/c.sqlite")
     store.Base.metadata.create_all(created)
-    for table in ("environments", "builds"):
+    for table in ("environments", "builds", "launch_consents"):
         columns = {c["name"] for c in inspect(migrated).get_columns(table)}
         assert columns == {c["name"] for c in inspect(created).get_columns(table)}, table
 
@@ -73,3 +73,57 @@ def test_deleting_an_environment_deletes_its_builds(tmp_path):
         db.delete(env)
         db.commit()
         assert db.execute(text("SELECT count(*) FROM builds")).scalar() == 0
+
+
+def test_upgrade_to_version_4_marks_launch_made_environments(tmp_path):
+    from tljh_repo2docker import providers
+
+    engine = store.make_engine(f"sqlite:///{tmp_path}/v3.sqlite")
+    assert store.migrate(engine, store.MIGRATIONS[:3]) == 3
+    spec = providers.parse("gh", "org/course/main")
+    rows = [
+        # made by an earlier launch link: the launch slug of its own repository
+        (spec.environment_name, spec.repo, "mallory", ""),
+        # an admin's environment that merely starts like a launch name
+        ("gh-course-00000000", spec.repo, "admin", ""),
+        ("course", spec.repo, "admin", ""),
+        # a user's own
+        (spec.environment_name.replace("gh-", "gl-"), spec.repo, "bob", "bob"),
+    ]
+    with engine.begin() as conn:
+        for name, repo, created_by, owner in rows:
+            conn.execute(
+                text(
+                    "INSERT INTO environments (name, display_name, repo, ref, created_by,"
+                    " created_at, updated_at, owner) VALUES (:n, :n, :r, 'main', :c,"
+                    " '2026-01-01 00:00:00', '2026-01-01 00:00:00', :o)"
+                ),
+                {"n": name, "r": repo, "c": created_by, "o": owner},
+            )
+    assert store.migrate(engine) == len(store.MIGRATIONS) >= 4
+    sessions = store.open_store(f"sqlite:///{tmp_path}/v3.sqlite")
+    with sessions() as db:
+        launched = {
+            e.name: e.launched_by for e in db.query(store.Environment).all() if e.launched_by
+        }
+        assert launched == {spec.environment_name: "mallory"}
+        # visibility and owner stay as the images' labels say
+        env = store.find_environment(db, spec.environment_name)
+        assert (env.owner, env.visibility) == ("", "public")
+
+
+def test_consent_is_remembered_once_per_user_and_repository(tmp_path):
+    from sqlalchemy.exc import IntegrityError
+
+    sessions = store.open_store(f"sqlite:///{tmp_path}/c.sqlite")
+    key = "gh:https://github.com/org/course"
+    with sessions() as db:
+        assert store.find_consent(db, "alice", "h1") is None
+        store.remember_consent(db, "alice", key, "h1", whole_home=False)
+        store.remember_consent(db, "alice", key, "h1", whole_home=True)  # updated, not doubled
+        assert store.find_consent(db, "alice", "h1").whole_home is True
+        assert store.find_consent(db, "bob", "h1") is None
+        assert db.query(store.LaunchConsent).count() == 1
+        db.add(store.LaunchConsent(username="alice", key_hash="h1", repo_key=key))
+        with pytest.raises(IntegrityError):
+            db.commit()

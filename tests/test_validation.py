@@ -552,3 +552,42 @@ def test_format_bytes_round_trips_through_mem_limit(size):
 def test_mem_limit_round_trips_through_format_bytes(text):
     size = validation.mem_limit(text)
     assert validation.mem_limit(validation.format_bytes(size)) == size
+
+
+# --- hosts and users that a program could read as an option ----------------------------
+@pytest.mark.parametrize(
+    "value",
+    [
+        "ssh://-oProxyCommand=touch%20/tmp/pwned/x",
+        "ssh://-oProxyCommand=x/repo",
+        "ssh://-ohost/repo",
+        "ssh://-user@example.org/repo",
+        "git@-oProxyCommand:repo",
+        "git@-ohost:repo",
+        "-u@example.org:repo",
+        "-oProxyCommand=x@example.org:repo",
+        "https://-example.org/repo",
+        "git://-example.org/repo",
+        "https://exa_mple.org:99999/repo",
+        "https://exa mple.org/repo",
+        "https://a..b/repo",
+        "https://ex%61mple.org/repo",
+    ],
+)
+def test_repo_hosts_starting_with_dash_or_not_hosts_are_refused(value):
+    refuses(validation.repo_url, value, field="repo")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://github.com/a/b",
+        "https://git-host.example.org:8443/a/b",
+        "ssh://git@example.org/a/b",
+        "git@example.org:a/b.git",
+        "https://[2001:db8::1]/a",
+        "http://10.0.0.1/a",  # the network rules, not validation, decide about addresses
+    ],
+)
+def test_repo_hosts_that_are_hosts_pass(value):
+    assert validation.repo_url(value) == value

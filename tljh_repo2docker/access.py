@@ -5,6 +5,13 @@ An environment's visibility is one string, stored in the database and in
 the image label (so the catalogue can enforce it without the service):
 ``public``, ``private`` (its owner only) or ``groups:a,b`` (members of those
 JupyterHub groups, and the owner). Admins see everything.
+
+A launch link builds an environment labelled ``launch``: the user whose link
+caused the build owns it (it counts toward their quota), and anyone may start
+it *through a launch link* (the environments service asks the hub for that
+start), but it is in nobody's picker and nobody else may start it by name
+until an admin promotes it (gives it another visibility). Because the label
+is on the image, the spawner enforces this when the service is down.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from .validation import InvalidInput
 
 PUBLIC = "public"
 PRIVATE = "private"
+LAUNCH = "launch"
 _GROUP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,254}")
 MAX_GROUPS = 50
 
@@ -25,12 +33,17 @@ class Viewer:
     name: str
     groups: frozenset[str] = frozenset()
     admin: bool = False
+    # the start was asked for by the environments service for a launch link
+    # (after that user's consent), not by the user naming an environment
+    launching: bool = False
 
 
 def parse(label: str | None) -> tuple[str, frozenset[str]]:
     """A visibility label -> (kind, groups). Anything unreadable is private."""
     if label in (None, "", PUBLIC):
         return (PUBLIC, frozenset())
+    if label == LAUNCH:
+        return (LAUNCH, frozenset())
     if label.startswith("groups:"):
         groups = frozenset(g for g in label[len("groups:") :].split(",") if _GROUP_RE.fullmatch(g))
         return ("groups", groups)
@@ -38,6 +51,7 @@ def parse(label: str | None) -> tuple[str, frozenset[str]]:
 
 
 def can_see(owner: str, visibility: str, viewer: Viewer) -> bool:
+    """May ``viewer`` see (and start) this environment?"""
     if viewer.admin or (owner and owner == viewer.name):
         return True
     kind, groups = parse(visibility)
@@ -45,7 +59,31 @@ def can_see(owner: str, visibility: str, viewer: Viewer) -> bool:
         return True
     if kind == "groups":
         return bool(groups & viewer.groups)
+    if kind == LAUNCH:
+        return viewer.launching
     return False
+
+
+def in_picker(owner: str, visibility: str, viewer: Viewer) -> bool:
+    """Is this environment offered in ``viewer``'s spawn form? Launch-made
+    environments are not, for anyone, until an admin promotes them."""
+    if parse(visibility)[0] == LAUNCH:
+        return False
+    return can_see(owner, visibility, viewer)
+
+
+def started_by_service(handler, service_name: str) -> bool:
+    """Did the environments service itself ask the hub for this spawn?
+
+    JupyterHub hands the requesting handler to the spawner; its current user
+    is the service only for a request made with the service's own token,
+    which users never hold. (A restart from the hub's home page is the
+    user's request.)
+    """
+    requester = getattr(handler, "current_user", None) if handler is not None else None
+    return getattr(requester, "kind", None) == "service" and (
+        getattr(requester, "name", None) == service_name
+    )
 
 
 def validate(value) -> str:

@@ -6,13 +6,14 @@ shell string). Running it lives in ``runner.py``, orchestration in ``buildjob.py
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from dataclasses import dataclass
 
-from traitlets import Bool, Integer, List, Unicode, validate
+from traitlets import Bool, Enum, Integer, List, Unicode, validate
 from traitlets.config import Configurable
 
-from . import labels, validation
+from . import labels, netguard, validation
 
 
 class BuildSettings(Configurable):
@@ -38,7 +39,38 @@ class BuildSettings(Configurable):
         help="URL schemes accepted for repositories (https, http, git, ssh).",
     ).tag(config=True)
     allow_local_repos = Bool(
-        False, help="Accept local paths and file:// URLs as repositories (admins' own machines)."
+        False,
+        help="Accept file:// URLs as repositories from administrators (never from other users).",
+    ).tag(config=True)
+    allowed_networks = List(
+        Unicode(),
+        [],
+        help="Networks (CIDR, e.g. 10.1.0.0/16) repositories may be fetched from although they "
+        "are loopback, private, link-local or this host's own; default: none.",
+    ).tag(config=True)
+    allowed_hosts = List(
+        Unicode(),
+        [],
+        help="Host names (or '.example.org' suffixes) repositories may be fetched from whatever "
+        "address they resolve to; default: none.",
+    ).tag(config=True)
+    fetch_submodules = Bool(
+        False,
+        help="Let git fetch a repository's submodules (their URLs are not checked against "
+        "the network rules).",
+    ).tag(config=True)
+    allowed_base_images = List(
+        Unicode(),
+        [],
+        help="Local images (exact references, or prefixes ending in '/' or ':') users' Dockerfiles "
+        "may start from, besides public registry images, environments they can see and base_image.",
+    ).tag(config=True)
+    log_max_line_bytes = Integer(
+        4096, help="Longest build log line kept (bytes); the rest of a line is cut."
+    ).tag(config=True)
+    log_max_bytes = Integer(
+        2 * 1024 * 1024,
+        help="Bytes of a build's log that are kept (the first third and the last two thirds).",
     ).tag(config=True)
     repo2docker_config = List(
         Unicode(),
@@ -58,9 +90,28 @@ class BuildSettings(Configurable):
     git_timeout = Integer(60, help="Seconds allowed for resolving a ref to a commit.").tag(
         config=True
     )
+    trusted_launch_sources = List(
+        Unicode(),
+        [],
+        help="Launch-link sources that open without asking the user first: provider or URL "
+        "prefixes such as 'gh/my-org', 'gl/group/project' or 'https://git.example.org/course/' "
+        "(whole path segments). Default: none, every user confirms each new repository once.",
+    ).tag(config=True)
     project_folders = Bool(
         True,
         help="Launch-link servers open in ~/<project>, seeded once with the repository's files.",
+    ).tag(config=True)
+    user_gid = Integer(
+        100,
+        help="gid that new homes get and servers run with: a group that is no admin group "
+        "(TLJH's gid 1000 is jupyterhub-admins). Existing homes keep their group.",
+    ).tag(config=True)
+    launch_home_access = Enum(
+        ["project", "home"],
+        "project",
+        help="What a launch-link server sees of the user's home: 'project' mounts only "
+        "~/<project> (as the home); 'home' mounts the whole home with ~/<project> as the "
+        "server's root folder. A launch with user option whole_home=true gets 'home'.",
     ).tag(config=True)
 
     @validate("image_prefix")
@@ -69,6 +120,23 @@ class BuildSettings(Configurable):
         if value != value.lower() or any(c.isspace() or c == ":" for c in value):
             raise ValueError("image_prefix must be lowercase, without spaces or ':'")
         return value
+
+    @validate("allowed_networks")
+    def _valid_networks(self, proposal):
+        for value in proposal["value"]:
+            try:
+                ipaddress.ip_network(value.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"allowed_networks: {value!r} is not a network (CIDR)") from None
+        return proposal["value"]
+
+    def net_guard(self) -> netguard.NetGuard:
+        """The network rules every fetch of a repository goes through."""
+        return netguard.NetGuard(
+            allowed_networks=list(self.allowed_networks),
+            allowed_hosts=list(self.allowed_hosts),
+            fetch_submodules=self.fetch_submodules,
+        )
 
     @validate("allowed_schemes")
     def _valid_schemes(self, proposal):
@@ -93,6 +161,11 @@ class BuildRequest:
     owner: str = ""
     visibility: str = "public"
     build_args: tuple[tuple[str, str], ...] = ()
+    # an administrator asked for it: local repositories and any base image
+    trusted: bool = False
+    # archives (DOIs, HydroShare): the version the launch found current, so
+    # that a new version of a record gets a new image (issue 9)
+    archive_version: str = ""
 
 
 def validate_request(
@@ -106,13 +179,20 @@ def validate_request(
     cpu_limit=None,
     built_by="",
     build_args=None,
+    admin: bool = False,
 ) -> BuildRequest:
-    """Validate raw input (from a form, the API or the CLI) into a BuildRequest."""
+    """Validate raw input (from a form, the API or the CLI) into a BuildRequest.
+
+    ``allow_local_repos`` applies to administrators only: a file:// URL
+    reads any repository on the host the service can read.
+    """
     name = validation.environment_name(name)
     return BuildRequest(
         name=name,
         repo=validation.repo_url(
-            repo, schemes=settings.allowed_schemes, allow_local=settings.allow_local_repos
+            repo,
+            schemes=settings.allowed_schemes,
+            allow_local=settings.allow_local_repos and admin,
         ),
         ref=validation.ref(ref or "HEAD"),
         display_name=validation.display_name(display_name, default=name),
@@ -120,7 +200,42 @@ def validate_request(
         cpu_limit=validation.cpu_limit(cpu_limit),
         built_by=built_by,
         build_args=tuple(sorted(validation.build_args(build_args).items())),
+        trusted=admin,
     )
+
+
+def build_config(admin_configs: list[str], *, git_only: bool, dockerfiles: bool) -> str:
+    """A repo2docker config file (its text) for one build.
+
+    The admin's config files are loaded first (repo2docker itself would read
+    only the last one given), then:
+
+    - ``git_only``: repo2docker tries every content provider on the URL before
+      git, and some (CKAN, Dataverse, Zenodo) make their own HTTP requests to
+      the URL's host, following redirects: requests the network rules cannot
+      pin. A commit this hub resolved with git is fetched by git alone.
+    - not ``dockerfiles``: a user's archive (a DOI) cannot be read before
+      repo2docker downloads it, so its Dockerfile cannot be checked for the
+      images it names; such builds use the other build packs only.
+    """
+    lines = ["c = get_config()  # noqa: F821"]
+    lines += [f"load_subconfig({path!r})  # noqa: F821" for path in admin_configs]
+    if git_only:
+        lines += [
+            "from repo2docker.contentproviders import Git",
+            "c.Repo2Docker.content_providers = [Git]",
+        ]
+    if not dockerfiles:
+        lines += [
+            "from repo2docker.app import Repo2Docker",
+            "from repo2docker.buildpacks import DockerBuildPack, LegacyBinderDockerBuildPack",
+            "c.Repo2Docker.buildpacks = [",
+            "    b",
+            "    for b in c.Repo2Docker.get('buildpacks') or Repo2Docker.buildpacks.default()",
+            "    if not issubclass(b, (DockerBuildPack, LegacyBinderDockerBuildPack))",
+            "]",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def repo2docker_argv(
@@ -130,8 +245,13 @@ def repo2docker_argv(
     commit: str,
     built_at: str,
     python: str = sys.executable,
+    config_files: list[str] | None = None,
 ) -> list[str]:
-    """The repo2docker command that builds ``request`` at ``commit``."""
+    """The repo2docker command that builds ``request`` at ``commit``.
+
+    ``config_files`` replaces ``settings.repo2docker_config`` (the build job
+    passes one file that loads those, then restricts the content providers).
+    """
     argv = [
         python,
         "-m",
@@ -147,7 +267,7 @@ def repo2docker_argv(
     ]
     if request.ref:  # archives (DOIs) have no ref
         argv += ["--ref", commit]
-    for path in settings.repo2docker_config:
+    for path in settings.repo2docker_config if config_files is None else config_files:
         argv += ["--config", path]
     if settings.base_image:
         # repo2docker has no --base-image flag; its traitlet is settable

@@ -6,18 +6,24 @@ command is built by ``builder``, run by ``runner``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import hashlib
+import logging
+import os
+import tempfile
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import aiodocker
 
-from . import gitref, labels, runner
-from .builder import BuildRequest, BuildSettings, repo2docker_argv
+from . import access, baseimages, gitref, labels, runner
+from .builder import BuildRequest, BuildSettings, build_config, repo2docker_argv
 from .runner import LogLine
+
+log = logging.getLogger("tljh_repo2docker.service")
 
 
 class BuildFailed(RuntimeError):
@@ -31,13 +37,26 @@ class BuildResult:
     cached: bool
 
 
-def archive_id(repo: str) -> str:
-    """A stable 40-hex id standing in for the commit of a repository without one."""
-    return hashlib.sha1(repo.encode(), usedforsecurity=False).hexdigest()
+def archive_id(repo: str, version: str = "") -> str:
+    """A stable 40-hex id standing in for the commit of a repository without
+    one (an archive), per version of it when the version is known."""
+    key = f"{repo}@{version}" if version else repo
+    return hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()
+
+
+_last_stamp = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
 
 
 def utcnow_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The build time label: microseconds, and strictly increasing in this
+    process, so that the newest of two builds is never a tie (a cached
+    rebuild takes less than a second)."""
+    global _last_stamp
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if now <= _last_stamp:
+        now = _last_stamp + datetime.timedelta(microseconds=1)
+    _last_stamp = now
+    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 async def image_labels(docker: aiodocker.Docker, tag: str) -> dict | None:
@@ -67,6 +86,67 @@ async def make_current(docker, hub: str, name: str, tag: str, image_labels_: dic
         await relabel(docker, tag, {labels.BUILT_AT: utcnow_iso()})
 
 
+@contextlib.contextmanager
+def _config_for(settings: BuildSettings, request: BuildRequest):
+    """The --config files of this build: a temporary file that loads the
+    admin's and then narrows what repo2docker may do (``build_config``)."""
+    git_only, dockerfiles = bool(request.ref), bool(request.ref) or request.trusted
+    if not git_only and dockerfiles:
+        yield None  # an admin's archive: repo2docker as configured
+        return
+    fd, path = tempfile.mkstemp(prefix="tljh-r2d-config-", suffix=".py")
+    try:
+        admin = [os.path.abspath(p) for p in settings.repo2docker_config]
+        with os.fdopen(fd, "w") as f:
+            f.write(build_config(admin, git_only=git_only, dockerfiles=dockerfiles))
+        yield [path]
+    finally:
+        os.unlink(path)
+
+
+async def check_base_images(
+    settings: BuildSettings, request: BuildRequest, commit: str, env: dict, docker
+):
+    """BuildFailed unless every image the commit's Dockerfiles name may be used
+    by the person who asked for the build."""
+    try:
+        dockerfiles = await baseimages.fetch_dockerfiles(
+            request.repo, commit, request.ref, env, timeout=settings.git_timeout
+        )
+    except baseimages.DockerfileUnreadable as e:
+        log.warning("could not read the Dockerfiles of %s: %s", request.repo[:300], e.detail)
+        raise BuildFailed(str(e)) from e
+    except baseimages.ImageRefused as e:
+        raise BuildFailed(f"Refused: {e}") from e
+    except asyncio.TimeoutError:
+        raise BuildFailed("the repository did not answer in time") from None
+    allowed = tuple(settings.allowed_base_images) + (
+        (settings.base_image,) if settings.base_image else ()
+    )
+    policy = baseimages.Policy(
+        hub_name=settings.hub_name,
+        image_prefix=settings.image_prefix,
+        allowed=allowed,
+        # groups are not known here: a group-shared environment is not a base
+        viewer=access.Viewer(name=request.built_by),
+    )
+    build_args = dict(request.build_args)
+    # repo2docker passes these to every Dockerfile build
+    build_args.setdefault("NB_USER", settings.user_name)
+    build_args.setdefault("NB_UID", str(settings.user_id))
+
+    async def lookup(image: str) -> dict | None:
+        try:
+            return await image_labels(docker, image)
+        except aiodocker.DockerError:
+            return None  # not a valid local reference: Docker would pull it
+
+    try:
+        await baseimages.check(dockerfiles, policy, build_args, lookup)
+    except baseimages.ImageRefused as e:
+        raise BuildFailed(f"Refused: {e}") from e
+
+
 async def run_build(
     settings: BuildSettings,
     request: BuildRequest,
@@ -83,18 +163,28 @@ async def run_build(
 
     ``slot`` (e.g. a semaphore) is held only while repo2docker runs, so
     resolving the ref and reusing an image never wait behind other builds.
+
+    Every fetch (resolving the ref, reading the Dockerfile, repo2docker's own
+    clone) goes through the network rules, pinned to the checked address.
+    Unless an administrator asked for it, a local repository is refused and
+    the images the Dockerfile names are checked before repo2docker runs.
     """
+    if request.repo.lower().startswith("file:") and not request.trusted:
+        raise BuildFailed("local repositories can only be built by administrators")
     if request.ref:
         on_line(LogLine("fetching", f"Resolving {request.ref} in {request.repo}\n"))
-        try:
+    try:
+        # a refused address reads exactly like a repository that did not answer
+        env = await gitref.guarded_env(settings.net_guard(), request.repo, env)
+        if request.ref:
             commit = await gitref.resolve_ref(
                 request.repo, request.ref, timeout=settings.git_timeout, env=env
             )
-        except gitref.RefNotFound as e:
-            raise BuildFailed(f"Cannot resolve {request.ref!r}: {e}") from e
-    else:
+    except gitref.RefNotFound as e:
+        raise BuildFailed(f"Cannot resolve {request.ref!r}: {e}" if request.ref else str(e)) from e
+    if not request.ref:
         # an archive (a DOI names one immutable version): its name is its id
-        commit = archive_id(request.repo)
+        commit = archive_id(request.repo, request.archive_version)
     tag = labels.image_tag(settings.image_prefix, request.name, commit)
     on_line(LogLine("fetching", f"{request.ref} is commit {commit}\n"))
     if on_resolved is not None:
@@ -106,15 +196,24 @@ async def run_build(
         await make_current(docker, settings.hub_name, request.name, tag, existing)
         return BuildResult(tag, commit, cached=True)
 
+    if not request.trusted and request.ref:
+        on_line(LogLine("fetching", "Checking the images the Dockerfile starts from\n"))
+        await check_base_images(settings, request, commit, env, docker)
+
     async with slot or contextlib.nullcontext():
         if on_running is not None:
             on_running()
-        argv = repo2docker_argv(settings, request, commit=commit, built_at=utcnow_iso())
-        code = await runner.run_logged(
-            argv, on_line, env=env or gitref.git_env(), on_spawn=on_spawn
-        )
+        with _config_for(settings, request) as config_files:
+            argv = repo2docker_argv(
+                settings,
+                request,
+                commit=commit,
+                built_at=utcnow_iso(),
+                config_files=config_files,
+            )
+            code = await runner.run_logged(argv, on_line, env=env, on_spawn=on_spawn)
     if code != 0:
-        raise BuildFailed(f"repo2docker exited with code {code}; the log above says why")
+        raise BuildFailed(f"repo2docker exited with code {code}; the build log says why")
     built = await image_labels(docker, tag)
     if built is None or built.get(labels.COMMIT) != commit:
         raise BuildFailed(f"repo2docker finished but image {tag} is missing or unlabelled")

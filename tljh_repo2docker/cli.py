@@ -14,10 +14,10 @@ import asyncio
 import getpass
 import json
 import os
+import re
 import sys
 
 import aiodocker
-from traitlets.config import Config
 
 from . import hubconfig, tljhconfig, validation
 from .builder import BuildSettings, validate_request
@@ -26,8 +26,9 @@ from .catalogue import Catalogue, DockerUnavailable
 
 
 def _settings(args) -> BuildSettings:
-    c = Config()
-    for warning in hubconfig.settings_to_config(c, tljhconfig.load_section()):
+    # the same sources as the hub and the service: tljh-config, then config.d
+    c, warnings = hubconfig.plugin_config(tljhconfig.load_section(), tljhconfig.install_prefix())
+    for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.hub_name:
         c.BuildSettings.hub_name = args.hub_name
@@ -36,6 +37,34 @@ def _settings(args) -> BuildSettings:
     if getattr(args, "repo2docker_config", None):
         c.BuildSettings.repo2docker_config = args.repo2docker_config
     return BuildSettings(config=c)
+
+
+# C0 controls but tab and newline, DEL, and the C1 controls (0x9b is a
+# one-byte CSI on some terminals).
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def inert(text: str) -> str:
+    """``text`` with every terminal control shown, never obeyed.
+
+    Build logs come from repositories anyone writes: an escape sequence could
+    retitle the terminal, hide lines, fake a prompt or (OSC 52) write the
+    clipboard. Each control character becomes visible text (ESC -> ``^[``, a
+    C1 character -> ``\\x9b``), so what follows it is printed as plain text.
+    Carriage returns become line breaks: progress bars stay readable and
+    cannot overwrite earlier lines.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+
+    def show(match):
+        code = ord(match.group())
+        if code < 0x20:
+            return "^" + chr(code + 0x40)
+        if code == 0x7F:
+            return "^?"
+        return f"\\x{code:02x}"
+
+    return _CONTROLS.sub(show, text)
 
 
 def _who() -> str:
@@ -54,20 +83,23 @@ async def _build(args) -> int:
             mem_limit=args.mem_limit,
             cpu_limit=args.cpu_limit,
             built_by=_who(),
+            # whoever runs this command can run docker on the host already
+            admin=True,
         )
     except validation.InvalidInput as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {inert(str(e))}", file=sys.stderr)
         return 2
 
     def show(line):
-        sys.stdout.write(line.message if line.message.endswith("\n") else line.message + "\n")
+        text = inert(line.message)
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
         sys.stdout.flush()
 
     async with aiodocker.Docker() as docker:
         try:
             result = await run_build(settings, request, show, docker=docker)
         except BuildFailed as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {inert(str(e))}", file=sys.stderr)
             return 1
     print(f"{'reused' if result.cached else 'built'} {result.image}")
     return 0
@@ -86,7 +118,9 @@ async def _list(args) -> int:
         print(json.dumps([e.__dict__ | {"extra": None} for e in environments], indent=2))
         return 0
     for env in environments:
-        print(f"{env.environment}\t{env.image}\t{env.repo}@{env.ref}\t{env.display_name}")
+        # labels are written by whoever built the image: shown, never obeyed
+        row = f"{env.environment}\t{env.image}\t{env.repo}@{env.ref}\t{env.display_name}"
+        print("\t".join(inert(col) for col in row.split("\t")))
     return 0
 
 

@@ -7,15 +7,25 @@ runs git as a subprocess with an argument list and no terminal prompts.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import signal
+
+from . import netguard
+
+log = logging.getLogger("tljh_repo2docker.service")
 
 _FULL_SHA_RE = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
 
 
 class RefNotFound(LookupError):
     """The repository answered but has no such ref (or could not be read)."""
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(message)
+        # what git said: for the admin's log, never for the person
+        self.detail = detail
 
 
 def pick_commit(ls_remote_output: str, ref: str) -> str | None:
@@ -78,19 +88,47 @@ async def _git(args: list[str], timeout: float, env: dict[str, str]) -> str:
         raise
     if proc.returncode != 0:
         message = err.decode(errors="replace").strip().splitlines()
-        raise RefNotFound(message[-1] if message else f"git exited with {proc.returncode}")
+        detail = message[-1] if message else f"git exited with {proc.returncode}"
+        # git's words tell an open port from a closed one and say the HTTP
+        # status: the person learns only that the fetch failed.
+        raise RefNotFound(netguard.FETCH_FAILED, detail)
     return out.decode(errors="replace")
 
 
+async def guarded_env(
+    guard: netguard.NetGuard, repo: str, env: dict[str, str] | None = None
+) -> dict[str, str]:
+    """``env`` for git fetching ``repo`` through ``guard``; RefNotFound (the
+    same words as any failed fetch) when the address is refused."""
+    try:
+        return await guard.git_env(repo, env or git_env())
+    except netguard.Refused as e:
+        log.warning("refused to fetch %s: %s", repo[:300], e.reason)
+        raise RefNotFound(netguard.FETCH_FAILED, e.reason) from None
+
+
 async def resolve_ref(
-    repo: str, ref: str, *, timeout: float = 60, env: dict[str, str] | None = None
+    repo: str,
+    ref: str,
+    *,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+    guard: netguard.NetGuard | None = None,
 ) -> str:
-    """The full commit hash that ``ref`` names in ``repo`` right now."""
+    """The full commit hash that ``ref`` names in ``repo`` right now.
+
+    With ``guard``, the repository's address is checked and git pinned to it.
+    """
     env = env or git_env()
+    if guard is not None:
+        env = await guarded_env(guard, repo, env)
     try:
         out = await asyncio.wait_for(_git(["ls-remote", "--", repo], timeout, env), timeout)
     except asyncio.TimeoutError:
         raise RefNotFound(f"the repository did not answer within {timeout:g} s") from None
+    except RefNotFound as e:
+        log.warning("could not list refs of %s: %s", repo[:300], e.detail)
+        raise
     commit = pick_commit(out, ref)
     if commit:
         return commit

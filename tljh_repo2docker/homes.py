@@ -68,8 +68,15 @@ def prepare_home(path: str, uid: int, gid: int) -> HomeOwner:
       given to uid:gid;
     - owned by someone else (e.g. a TLJH system user from before this plugin):
       left exactly as it is; the container runs as that owner instead.
-    Returns the uid:gid the container must run as. Never removes anything.
+    Returns the uid:gid of the home's owner (the container runs as that uid).
+    Never removes anything; never chowns a home that has something in it.
     """
+    if uid <= 0 or gid <= 0:
+        # a home given to root would make the server run as root
+        raise HomeError(
+            f"new homes would belong to uid {uid} gid {gid}: servers never run as root; "
+            "an administrator must set repo2docker.user_id and user_gid to other values"
+        )
     parent = os.path.dirname(path)
     try:
         os.makedirs(parent, mode=0o755, exist_ok=True)

@@ -3,13 +3,27 @@ once with the files the image has in its home (where repo2docker puts the
 repository), and never overwritten afterwards (the GESIS model).
 
 Pure parts (names, landing paths, which archive members to keep) are apart
-from the one function that talks to Docker and the file system.
+from the functions that talk to Docker and the file system.
+
+The user's running servers can change anything in their home at any moment
+(a folder swapped for a symlink, between two system calls). So root never
+works on a path inside a home: a seed is made and given to the user in a
+root-only folder next to the homes (same file system), then moved into the
+home with one ``renameat2(RENAME_NOREPLACE)`` that neither follows links nor
+replaces anything; and while Docker mounts a project folder, the folder is
+parked in that root-only folder, where no user can swap it (``pinned_folder``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import errno
 import os
 import re
+import secrets
+import stat
 import tarfile
 import tempfile
 
@@ -22,8 +36,34 @@ _PATH_PREFIXES = ("lab/tree/", "tree/", "notebooks/", "voila/render/", "doc/tree
 _SAFE_EXTRACT = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 
 
+# Root-only folder in the homes directory (no home name starts with '.').
+STAGING_DIR = ".tljh-repo2docker"
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
 class ProjectError(RuntimeError):
     pass
+
+
+def staging_root(homes_dir: str) -> str:
+    return os.path.join(homes_dir, STAGING_DIR)
+
+
+def prepare_staging_root(path: str) -> str:
+    """Create ``path`` (root's, 0700) or check that it still is; return it."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise ProjectError(f"{path} is not a folder of this hub's own: ask an administrator")
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(path, 0o700, follow_symlinks=False)
+    return path
 
 
 def valid_project(name) -> str:
@@ -64,15 +104,28 @@ def members_to_seed(members: list[tarfile.TarInfo], root: str) -> list[tarfile.T
     return keep
 
 
-def seed_project(client, image: str, home_in_image: str, target: str, uid: int, gid: int):
+def seed_project(
+    client,
+    image: str,
+    home_in_image: str,
+    target: str,
+    uid: int,
+    gid: int,
+    staging_root: str | None = None,
+):
     """Copy ``home_in_image`` of ``image`` into ``target`` (which must not exist).
 
-    Runs in a thread (docker-py is blocking). The copy lands in a temporary
-    folder next to ``target`` and is renamed at the end, so an interrupted
-    seed leaves nothing half-made and an existing folder is never touched.
+    Runs in a thread (docker-py is blocking). The copy is made, chowned and
+    chmodded in a fresh folder inside ``staging_root`` (root's, 0700, on the
+    homes' file system; default: ``<homes_dir>/.tljh-repo2docker``), where no
+    user can reach it, then moved to ``target`` at once. An interrupted seed
+    leaves nothing half-made in the home; an existing ``target`` (folder,
+    file or link) is never touched, followed or replaced. True if seeded.
     """
     if os.path.lexists(target):
         return False
+    home = os.path.dirname(target)
+    parent = prepare_staging_root(staging_root or os.path.join(os.path.dirname(home), STAGING_DIR))
     container = client.create_container(image=image, command=["true"])
     try:
         stream, _ = client.get_archive(container["Id"], home_in_image)
@@ -80,23 +133,23 @@ def seed_project(client, image: str, home_in_image: str, target: str, uid: int, 
             for chunk in stream:
                 buf.write(chunk)
             buf.seek(0)
-            parent = os.path.dirname(target)
-            staging = tempfile.mkdtemp(prefix=".seeding-", dir=parent)
+            staging = tempfile.mkdtemp(prefix="seed-", dir=parent)
             try:
-                os.chown(staging, uid, gid)
                 with tarfile.open(fileobj=buf) as tar:
                     root = os.path.basename(home_in_image.rstrip("/"))
                     for member in members_to_seed(tar.getmembers(), root):
                         tar.extract(member, staging, set_attrs=False, **_SAFE_EXTRACT)
                         path = os.path.join(staging, member.name)
-                        os.lchown(path, uid, gid)
                         # the owner may read and write; execute bits as in the image
                         os.chmod(path, (member.mode & 0o755) | (0o700 if member.isdir() else 0o600))
-                for dirpath, _dirs, _files in os.walk(staging):  # parents tar made
-                    os.lchown(dirpath, uid, gid)
-                if os.path.lexists(target):  # created meanwhile: keep what is there
-                    return False
-                os.rename(staging, target)
+                # given to the user last, deepest first: root never works
+                # inside a folder that is already the user's
+                for dirpath, dirnames, filenames in os.walk(staging, topdown=False):
+                    for name in filenames + dirnames:
+                        os.lchown(os.path.join(dirpath, name), uid, gid)
+                os.lchown(staging, uid, gid)
+                if not move_into(staging, home, os.path.basename(target)):
+                    return False  # created meanwhile: keep what is there
                 staging = None
             finally:
                 if staging is not None:
@@ -104,6 +157,77 @@ def seed_project(client, image: str, home_in_image: str, target: str, uid: int, 
     finally:
         client.remove_container(container["Id"], force=True)
     return True
+
+
+def _rename(old_dir: int, old: str, new_dir: int, new: str) -> bool:
+    """renameat2(RENAME_NOREPLACE); False if ``new`` exists. Neither name's
+    last part is followed if it is a link (rename never follows them)."""
+    if _libc.renameat2(old_dir, os.fsencode(old), new_dir, os.fsencode(new), _RENAME_NOREPLACE):
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            return False
+        if err == errno.EXDEV:
+            raise ProjectError("the home is on another file system than the homes directory")
+        raise OSError(err, os.strerror(err), new)
+    return True
+
+
+def _open_dir(path: str) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+
+
+def move_into(source: str, directory: str, name: str) -> bool:
+    """Rename ``source`` to ``directory/name``; False if that name exists.
+
+    ``directory`` is opened without following a link, and the new name is
+    made with RENAME_NOREPLACE: whatever a user put there meanwhile (a link,
+    a folder) stays as it is and nothing is written through it.
+    """
+    fd = _open_dir(directory)
+    try:
+        return _rename(_AT_FDCWD, source, fd, name)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def pinned_folder(path: str, uid: int, mounts_root: str):
+    """A root-only path that is the folder ``path`` names now, for Docker.
+
+    Docker resolves a bind mount's source path when the container starts; a
+    user's running server could swap ``path`` for a link to another folder
+    in between. So for that moment the folder itself is moved (a rename on
+    the same file system, links not followed) into ``mounts_root`` (root's,
+    0700), checked there (a folder, the user's) where no user can change it,
+    and moved back when the block ends; the container keeps its mount. A
+    folder left there by an interrupted start is given back first. If the
+    user made something of the same name meanwhile, the folder comes back as
+    ``<name>.restored-<random>``: never lost, never replacing anything.
+    """
+    home, name = os.path.split(path)
+    root = prepare_staging_root(mounts_root)
+    parked = os.path.join(root, f"parked-{os.path.basename(home)}-{name}")
+    home_fd = _open_dir(home)
+    try:
+        if os.path.lexists(parked):
+            _give_back(parked, home_fd, name)
+        if not _rename(home_fd, name, _AT_FDCWD, parked):
+            raise ProjectError(f"{parked} is in the way: ask an administrator")
+        try:
+            info = os.lstat(parked)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid:
+                raise ProjectError(f"{name} is not a folder of this user's")
+            yield parked
+        finally:
+            _give_back(parked, home_fd, name)
+    finally:
+        os.close(home_fd)
+
+
+def _give_back(parked: str, home_fd: int, name: str):
+    if not _rename(_AT_FDCWD, parked, home_fd, name):
+        while not _rename(_AT_FDCWD, parked, home_fd, f"{name}.restored-{secrets.token_hex(4)}"):
+            pass
 
 
 def _remove_tree(path: str):

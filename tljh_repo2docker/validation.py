@@ -7,6 +7,7 @@ network, Docker or the file system.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from urllib.parse import urlsplit
 
@@ -23,6 +24,9 @@ _NAME_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
 # A subset of `git check-ref-format` plus full or short commit hashes.
 _REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]*$")
 _SCP_LIKE_RE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._~/+-]+$")
+# A DNS name or IPv4 address: labels of letters, digits, '_' and inner '-'.
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
+_HOST_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _MEM_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?$", re.IGNORECASE)
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -98,7 +102,9 @@ def repo_url(value, schemes=DEFAULT_SCHEMES, allow_local: bool = False) -> str:
     are refused: private repositories take a separate, never-stored token.
     """
     value = _text("repo", value, MAX_REPO_LENGTH)
-    if value.startswith("-") or any(c.isspace() for c in value):
+    if value.startswith("-"):
+        raise InvalidInput("repo", "must not start with '-'")
+    if any(c.isspace() for c in value):
         raise InvalidInput("repo", "must be a URL without spaces")
     if value.startswith("/"):
         # A plain path would build the working tree whatever the ref says.
@@ -106,6 +112,8 @@ def repo_url(value, schemes=DEFAULT_SCHEMES, allow_local: bool = False) -> str:
     if _SCP_LIKE_RE.fullmatch(value):
         if "ssh" not in schemes:
             raise InvalidInput("repo", "ssh repositories are not enabled on this hub")
+        user, _, rest = value.partition("@")
+        _check_host(rest.partition(":")[0], user)
         return value
     parts = urlsplit(value)
     scheme = parts.scheme.lower()
@@ -120,11 +128,37 @@ def repo_url(value, schemes=DEFAULT_SCHEMES, allow_local: bool = False) -> str:
         raise InvalidInput("repo", f"must start with one of: {allowed}")
     if not parts.hostname:
         raise InvalidInput("repo", "must name a host")
+    try:
+        parts.port  # noqa: B018 (raises ValueError for a port that is not one)
+    except ValueError:
+        raise InvalidInput("repo", "has an invalid port") from None
+    _check_host(parts.hostname, parts.username)
     if parts.password is not None or (parts.username and scheme in ("http", "https")):
         raise InvalidInput(
             "repo", "must not contain credentials; use the separate username and token fields"
         )
     return value
+
+
+def _check_host(host: str, user: str | None):
+    """A host (and ssh user) that no program can read as an option.
+
+    git refuses ``-oProxyCommand=...`` hosts itself today; we do not rely on
+    every git, ssh and repo2docker version doing so.
+    """
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not _HOST_RE.fullmatch(host) and not _is_ipv6(host):
+        raise InvalidInput("repo", "must name a host of letters, digits, '.' and '-'")
+    if host.startswith("-") or (user or "").startswith("-"):
+        raise InvalidInput("repo", "the host and user must not start with '-'")
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
 
 
 def mem_limit(value) -> int | None:

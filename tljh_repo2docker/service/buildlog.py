@@ -13,17 +13,46 @@ import json
 from collections import deque
 from collections.abc import Callable
 
+DEFAULT_MAX_LINE_BYTES = 4096
+DEFAULT_MAX_BYTES = 2 * 1024 * 1024
+
+
+def cut_line(message: str, max_bytes: int) -> str:
+    """``message`` cut to at most ``max_bytes`` UTF-8 bytes (plus a marker that
+    says how much was cut), keeping its line break."""
+    data = message.encode("utf-8", errors="replace")
+    if len(data) <= max_bytes:
+        return message
+    newline = "\n" if message.endswith("\n") else ""
+    kept = data[:max_bytes].decode("utf-8", errors="ignore")
+    return f"{kept}... [{len(data) - len(kept.encode())} bytes cut]{newline}"
+
+
+def _size(entry: dict) -> int:
+    return len(entry["message"].encode("utf-8", errors="replace")) + len(entry["phase"])
+
 
 class BuildLog:
+    """Lines are capped twice: each line at ``max_line_bytes``, and the whole
+    log at ``max_bytes`` (a third for the head, the rest for the tail). A
+    line count alone let one build store 21 MB."""
+
     def __init__(
         self,
         head_size: int = 1000,
         tail_size: int = 2000,
         redact: Callable[[str], str] | None = None,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ):
         self.head: list[dict] = []
         self.tail: deque[dict] = deque(maxlen=tail_size)
         self.head_size = head_size
+        self.max_line_bytes = max_line_bytes
+        self.head_bytes_max = max_bytes // 3
+        self.tail_bytes_max = max_bytes - self.head_bytes_max
+        self.head_bytes = 0
+        self.tail_bytes = 0
         self.count = 0
         self.finished = False
         self._redact = redact or (lambda s: s)
@@ -39,13 +68,29 @@ class BuildLog:
         return log
 
     def append(self, phase: str, message: str):
-        entry = {"phase": phase, "message": self._redact(message)}
-        if len(self.head) < self.head_size:
-            self.head.append(entry)
-        else:
-            self.tail.append(entry)
-        self.count += 1
+        # redact first: cutting could split a secret and leave half of it
+        message = self._redact(message)
+        # a builder may hand over many lines in one message: each is a line here
+        for line in message.splitlines(keepends=True) or [message]:
+            self._append_line(phase, cut_line(line, self.max_line_bytes))
         self._wake()
+
+    def _append_line(self, phase: str, line: str):
+        entry = {"phase": phase, "message": line}
+        size = _size(entry)
+        if len(self.head) < self.head_size and self.head_bytes + size <= self.head_bytes_max:
+            self.head.append(entry)
+            self.head_bytes += size
+        else:
+            # once the head is full it stays closed: line numbers stay in order
+            self.head_size = len(self.head)
+            if self.tail.maxlen is not None and len(self.tail) == self.tail.maxlen:
+                self.tail_bytes -= _size(self.tail[0])
+            self.tail.append(entry)
+            self.tail_bytes += size
+            while self.tail_bytes > self.tail_bytes_max and len(self.tail) > 1:
+                self.tail_bytes -= _size(self.tail.popleft())
+        self.count += 1
 
     def finish(self):
         self.finished = True

@@ -8,6 +8,7 @@ upgrade keeps data (see ``MIGRATIONS``).
 from __future__ import annotations
 
 import datetime
+import hashlib
 from collections.abc import Callable
 
 from sqlalchemy import (
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     inspect,
@@ -71,6 +73,10 @@ class Environment(Base):
     created_by: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    # the user whose launch link created it ("" if not launch-made; schema
+    # version 4): it counts toward their quota, and stays out of pickers
+    # until an admin promotes it (see access.LAUNCH)
+    launched_by: Mapped[str] = mapped_column(String(255), default="")
 
     builds: Mapped[list[Build]] = relationship(
         back_populates="environment",
@@ -112,6 +118,21 @@ class Build(Base):
             return None
         end = self.finished_at or utcnow()
         return round((end - self.started_at).total_seconds(), 3)
+
+
+class LaunchConsent(Base):
+    """A user said yes to launching a repository (schema version 4)."""
+
+    __tablename__ = "launch_consents"
+    __table_args__ = (UniqueConstraint("username", "key_hash", name="uq_launch_consents_user_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(255))
+    # sha256 of repo_key: repository keys can be 2 kB, too long for an index
+    key_hash: Mapped[str] = mapped_column(String(64))
+    repo_key: Mapped[str] = mapped_column(Text)
+    whole_home: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
 
 
 # --- migrations ---------------------------------------------------------------
@@ -158,12 +179,49 @@ def _add_owner_visibility_v3(conn: Connection):
     )
 
 
+def _launch_consent_v4(conn: Connection):
+    conn.execute(
+        text("ALTER TABLE environments ADD COLUMN launched_by VARCHAR(255) NOT NULL DEFAULT ''")
+    )
+    conn.execute(
+        text(
+            """CREATE TABLE launch_consents (
+            id INTEGER PRIMARY KEY, username VARCHAR(255) NOT NULL,
+            key_hash VARCHAR(64) NOT NULL, repo_key TEXT NOT NULL,
+            whole_home BOOLEAN NOT NULL, created_at DATETIME NOT NULL,
+            CONSTRAINT uq_launch_consents_user_key UNIQUE (username, key_hash))"""
+        )
+    )
+    # Environments earlier launch links made: their name is the launch slug of
+    # their own repository (provider-words-<8 hex of sha256("provider:repo")>).
+    # Mark who caused them; their visibility stays as labelled on their images
+    # (an admin sets promoted=false to take one out of the pickers).
+    rows = conn.execute(
+        text("SELECT id, name, repo, created_by FROM environments WHERE owner = ''")
+    ).all()
+    for env_id, name, repo, created_by in rows:
+        if created_by and _is_launch_slug(name, repo):
+            conn.execute(
+                text("UPDATE environments SET launched_by = :u WHERE id = :i"),
+                {"u": created_by, "i": env_id},
+            )
+
+
+def _is_launch_slug(name: str, repo: str) -> bool:
+    provider, _, rest = name.partition("-")
+    if not rest:
+        return False
+    digest = hashlib.sha256(f"{provider}:{repo}".encode()).hexdigest()[:8]
+    return name.endswith("-" + digest)
+
+
 # Append only. Each entry takes a connection inside a transaction and moves
 # the schema one version up; ``schema_version`` records how far a database is.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _create_v1,
     _add_build_args_v2,
     _add_owner_visibility_v3,
+    _launch_consent_v4,
 ]
 
 
@@ -193,10 +251,13 @@ def migrate(engine: Engine, migrations=None) -> int:
     return version
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, busy_timeout: float = 5.0) -> Engine:
     kwargs = {}
     if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"check_same_thread": False}
+        # busy_timeout: how long a write waits for another writer's lock
+        # (reads never wait in WAL mode); the service keeps it short so that
+        # a locked database answers 503 at once instead of stalling requests
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout}
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
 
@@ -210,13 +271,13 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def open_store(url: str) -> Callable[[], Session]:
+def open_store(url: str, busy_timeout: float = 5.0) -> Callable[[], Session]:
     """Migrate the database at ``url`` and return a session factory.
 
     ``factory.generation()`` counts commits made through it: caches of what
     the database holds compare it to know when to rebuild.
     """
-    engine = make_engine(url)
+    engine = make_engine(url, busy_timeout)
     migrate(engine)
     factory = sessionmaker(engine, expire_on_commit=False)
     commits = [0]
@@ -231,6 +292,12 @@ def open_store(url: str) -> Callable[[], Session]:
     session.engine = engine
     session.generation = lambda: commits[0]
     return session
+
+
+def current_schema_version(engine: Engine) -> int:
+    """The schema version a database has now (for the health check)."""
+    with engine.connect() as conn:
+        return schema_version(conn)
 
 
 def find_environment(db: Session, name: str) -> Environment | None:
@@ -251,3 +318,25 @@ def latest_success(db: Session, environment: Environment) -> Build | None:
         .where(Build.environment_id == environment.id, Build.status == SUCCEEDED)
         .order_by(Build.id.desc())
     ).first()
+
+
+def find_consent(db: Session, user: str, key_hash: str) -> LaunchConsent | None:
+    return db.scalars(
+        select(LaunchConsent).where(
+            LaunchConsent.username == user, LaunchConsent.key_hash == key_hash
+        )
+    ).first()
+
+
+def remember_consent(
+    db: Session, user: str, repo_key: str, key_hash: str, whole_home: bool
+) -> LaunchConsent:
+    """Record (or update) a user's yes to a repository; commits."""
+    consent = find_consent(db, user, key_hash)
+    if consent is None:
+        consent = LaunchConsent(username=user, key_hash=key_hash, repo_key=repo_key)
+        db.add(consent)
+    consent.whole_home = whole_home
+    consent.created_at = utcnow()
+    db.commit()
+    return consent

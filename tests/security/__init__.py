@@ -1,0 +1,1 @@
+"""Hostile-user specifications: each module is one security boundary."""
