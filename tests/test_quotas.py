@@ -6,11 +6,13 @@ import datetime
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tljh_repo2docker.builder import BuildSettings
 from tljh_repo2docker.service import operations as ops
 from tljh_repo2docker.service import store
 from tljh_repo2docker.service.builds import BuildManager, QuotaExceeded
+from tljh_repo2docker.service.metrics import Metrics
 
 
 @pytest.fixture
@@ -70,6 +72,7 @@ def test_environments_owned(sessions):
     started = []
     service = SimpleNamespace(
         settings=BuildSettings(),
+        metrics=Metrics(),
         max_environments_per_user=1,
         builds=SimpleNamespace(start=lambda db, env, user, creds, exempt: started.append(env.name)),
     )
@@ -84,3 +87,11 @@ def test_environments_owned(sessions):
         env, _ = ops.create_environment(service, db, {**data, "name": "third"}, "root", admin=True)
         assert (env.owner, env.visibility) == ("", "public")
     assert started == ["first", "third"]
+    # the refusal is counted once, under its quota's name
+    refusals = {
+        s.labels["quota"]: s.value
+        for family in text_string_to_metric_families(service.metrics.exposition().decode())
+        for s in family.samples
+        if s.name.endswith("quota_refusals_total") and s.value
+    }
+    assert refusals == {"environments": 1.0}

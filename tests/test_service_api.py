@@ -5,6 +5,12 @@ matrix, then the life of environments (create and stream the log, cached
 rebuild, a new commit, edits, cancel, restarts, delete), hostile input and
 private-repository credentials. Every API response is recorded and, last,
 validated against the OpenAPI document (tljh_repo2docker/service/openapi.yaml).
+
+The hub is configured as an admin who opened the network rules for this
+machine's git server would (docs/security.md): users' repositories are served
+over http from 127.0.0.1 (``allowed_networks``; ``file://`` is for admins
+only) and their Dockerfiles may start from the test single-user image
+(``allowed_base_images``). The admin's environments use ``file://``.
 """
 
 from __future__ import annotations
@@ -25,7 +31,16 @@ import requests
 
 from tljh_repo2docker import labels
 
-from .dockerfixtures import commit_change, containers, docker, inspect, make_git_repo
+from .dockerfixtures import (
+    SINGLEUSER_IMAGE,
+    commit_change,
+    containers,
+    docker,
+    inspect,
+    make_git_repo,
+)
+from .hubprocess import hub_settings_for
+from .security.gitserver import GitServer
 from .test_openapi import (
     operation,
     operations,
@@ -297,8 +312,49 @@ def api(hub, tokens):
 
 
 @pytest.fixture(scope="module")
+def hub_settings(tmp_path_factory, hub_name):
+    return hub_settings_for(
+        hub_name,
+        str(tmp_path_factory.mktemp("homes")),
+        # users' repositories come from this machine's git server (GitServer),
+        # and their Dockerfiles start from the local single-user image
+        allowed_networks=["127.0.0.0/8"],
+        allowed_base_images=[SINGLEUSER_IMAGE],
+    )
+
+
+@pytest.fixture(scope="module")
+def served_root(tmp_path_factory):
+    """Where the module's repositories live: GitServer serves this folder."""
+    return tmp_path_factory.mktemp("served")
+
+
+@pytest.fixture(scope="module")
+def git_server(served_root):
+    with GitServer(served_root) as server:
+        yield server
+
+
+def http_url(server: GitServer, repo: Path) -> str:
+    # a working tree ``<root>/<name>`` is served as ``/<name>`` (new commits
+    # are served at once); ``/<name>.git`` is only for bare repositories
+    return f"http://{server.host}:{server.port}/{repo.relative_to(server.root)}"
+
+
+@pytest.fixture(scope="module")
+def git_repo(served_root, hub_name):
+    return make_git_repo(served_root / "env", marker=hub_name)
+
+
+@pytest.fixture(scope="module")
 def repo_url(git_repo):
-    return f"file://{git_repo}"
+    return f"file://{git_repo}"  # the admin's: file:// repositories are for admins
+
+
+@pytest.fixture(scope="module")
+def user_repo_url(git_server, git_repo):
+    """The same repository as a user may name it: over http."""
+    return http_url(git_server, git_repo)
 
 
 @pytest.fixture(scope="module")
@@ -309,8 +365,8 @@ def xss_repo(tmp_path_factory, hub_name):
 
 
 @pytest.fixture(scope="module")
-def slow_repo(tmp_path_factory, hub_name):
-    path = make_git_repo(tmp_path_factory.mktemp("slow") / "repo", marker=hub_name + "-slow")
+def slow_repo(served_root, hub_name):
+    path = make_git_repo(served_root / "slow", marker=hub_name + "-slow")
     commit_change(path, "RUN sleep 300")
     return path
 
@@ -473,7 +529,8 @@ def test_a_reconnect_resumes_after_the_last_event_id(api, state):
 
 def test_creating_an_existing_name_conflicts(api, repo_url):
     message = api.refused("POST", "/environments", 409, json={"name": DEMO, "repo": repo_url})
-    assert "exists" in message
+    # the same words for every taken name (no existence oracle): tests/security
+    assert message == f"the name {DEMO} is not available; choose another"
 
 
 def test_a_build_of_the_same_commit_is_cached(api, state):
@@ -1006,12 +1063,24 @@ def test_a_killed_service_leaves_no_build_behind(api, hub, hub_name):
     assert cancelled["status"] == "cancelled"
 
 
-def test_private_environments_are_invisible_until_shared(api, hub, repo_url, hub_name):
+def test_private_environments_are_invisible_until_shared(
+    api, hub, repo_url, user_repo_url, hub_name
+):
     name = f"private-{SUFFIX}"
     env = api.ok(
-        "POST", "/environments", 201, "reader", json={"name": name, "repo": repo_url, "ref": "main"}
+        "POST",
+        "/environments",
+        201,
+        "reader",
+        json={"name": name, "repo": user_repo_url, "ref": "main"},
     )
     assert (env["owner"], env["visibility"]) == ("reader", "private")
+    # the same repository as a file:// URL is for admins only, even with allow_local_repos
+    local = f"{name}-local"
+    assert api.refused(
+        "POST", "/environments", 400, "reader", json={"name": local, "repo": repo_url}
+    ).startswith("repo")
+    api.refused("GET", f"/environments/{local}", 404, "admin")  # nothing was kept
     build = api.wait_build(name, env["latest_build"]["id"])
     assert build["status"] == "succeeded"
     api.tokens["other"] = hub.user_token("other")
@@ -1063,10 +1132,14 @@ def test_private_environments_are_invisible_until_shared(api, hub, repo_url, hub
     api.ok("DELETE", f"/environments/{name}", 204, "reader")
 
 
-def test_quotas_answer_429(api, repo_url, slow_repo):
+def test_quotas_answer_429(api, git_server, user_repo_url, slow_repo):
     fast, slow = f"quota-fast-{SUFFIX}", f"quota-slow-{SUFFIX}"
     env = api.ok(
-        "POST", "/environments", 201, "reader", json={"name": fast, "repo": repo_url, "ref": "main"}
+        "POST",
+        "/environments",
+        201,
+        "reader",
+        json={"name": fast, "repo": user_repo_url, "ref": "main"},
     )
     api.wait_build(fast, env["latest_build"]["id"])
     env = api.ok(
@@ -1074,12 +1147,16 @@ def test_quotas_answer_429(api, repo_url, slow_repo):
         "/environments",
         201,
         "reader",
-        json={"name": slow, "repo": f"file://{slow_repo}", "ref": "main"},
+        json={"name": slow, "repo": http_url(git_server, slow_repo), "ref": "main"},
     )
     slow_build = env["latest_build"]["id"]
     # one build at a time for a user: a new environment and a rebuild both wait
     message = api.refused(
-        "POST", "/environments", 429, "reader", json={"name": f"quota-x-{SUFFIX}", "repo": repo_url}
+        "POST",
+        "/environments",
+        429,
+        "reader",
+        json={"name": f"quota-x-{SUFFIX}", "repo": user_repo_url},
     )
     assert "at once" in message
     api.refused("GET", f"/environments/quota-x-{SUFFIX}", 404, "reader")  # nothing was kept
@@ -1100,6 +1177,10 @@ def test_the_service_logged_no_tracebacks(hub):
 
 
 # --- the OpenAPI document against what the service really said --------------------------
+# every operation may answer 503 with the shared Unavailable response (an Error body)
+UNAVAILABLE = {"$ref": "#/components/responses/Unavailable"}
+
+
 def test_real_responses_match_the_openapi_document():
     assert len(RECORDED) > 100
     problems = []
@@ -1115,4 +1196,9 @@ def test_real_responses_match_the_openapi_document():
     assert not problems, "\n".join(problems[:20])
     for method, template, op in operations():
         for code in op["responses"]:
+            if code == "503":
+                # Docker or the database down: this hub has both, so the
+                # degraded answers are checked in tests/test_service_degraded.py
+                assert op["responses"][code] == UNAVAILABLE, (method, template)
+                continue
             assert (op["operationId"], int(code)) in covered, (method, template, code)

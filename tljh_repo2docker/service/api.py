@@ -13,8 +13,8 @@ from sqlalchemy import select
 from tornado import web
 from tornado.iostream import StreamClosedError
 
+from . import degraded, store
 from . import operations as ops
-from . import store
 from .handlers import BUILD_SCOPE, MANAGE_SCOPE, READ_SCOPE, BaseHandler
 
 MAX_BODY = 64 * 1024
@@ -49,6 +49,10 @@ class APIHandler(BaseHandler):
     def log_exception(self, typ, value, tb):
         if typ in STATUS_OF:
             return  # a refusal, already answered with its message
+        if degraded.reason(value):
+            # a missing part (Docker, a locked database): answered 503 with why
+            self.log.warning("503 %s: %s", self.request.path, value)
+            return
         super().log_exception(typ, value, tb)
 
     def write_error(self, status_code, **kwargs):
@@ -59,6 +63,9 @@ class APIHandler(BaseHandler):
             self.set_status(status_code)
         elif isinstance(exc, web.HTTPError) and exc.log_message:
             message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif degraded.reason(exc):
+            message = degraded.reason(exc)
+            self.set_header("Retry-After", "10")
         elif status_code >= 500:
             message = "internal error; see the service's log"
         else:
@@ -70,6 +77,8 @@ class APIHandler(BaseHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if type(exc) in STATUS_OF:
             status_code = STATUS_OF[type(exc)]
+        elif degraded.reason(exc):
+            status_code = 503  # Docker or the database is unavailable: say why
         super().send_error(status_code, **kwargs)
 
     def require(self, scope: str):
@@ -116,6 +125,7 @@ class EnvironmentsHandler(APIHandler):
     async def post(self):
         self.require(BUILD_SCOPE)
         data = self.json_body()
+        await self.service.require_docker()  # all or nothing: refuse before saving
         with self.db() as db:
             env, build = ops.create_environment(
                 self.service, db, data, self.username, admin=self.can_manage
@@ -137,7 +147,7 @@ class EnvironmentHandler(APIHandler):
         data = self.json_body()
         with self.db() as db:
             env = self.editable(db, name)
-            env = await ops.update_environment(self.service, db, env, data)
+            env = await ops.update_environment(self.service, db, env, data, admin=self.can_manage)
             (model,) = await self.environment_models(db, [env])
             self.reply(model)
 
@@ -166,6 +176,7 @@ class BuildsHandler(APIHandler):
     async def post(self, name):
         self.require(BUILD_SCOPE)
         data = self.json_body()
+        await self.service.require_docker()
         with self.db() as db:
             env = self.editable(db, name)
             build = ops.start_build(

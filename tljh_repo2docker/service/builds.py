@@ -6,7 +6,11 @@
 - a commit that already has an image finishes at once, without a slot;
 - cancel kills repo2docker's process group and removes a partial image;
 - at start, builds a previous service process left queued or running are
-  marked ``interrupted``, their processes killed, their partial images removed.
+  marked ``interrupted``, their processes killed, their partial images removed;
+- a running build's log is written to the database every few seconds, so
+  that a killed service (``kill -9``) loses at most those seconds of it;
+- a build keeps its slot until its final status is written: the database
+  never shows more builds running than the cap, even at a hand-off.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import json
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 import aiodocker
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from .. import gitref, versions
 from ..builder import BuildRequest, BuildSettings
@@ -40,6 +46,40 @@ class Conflict(RuntimeError):
 
 class QuotaExceeded(RuntimeError):
     """A user's limit (builds at once, builds a day, environments) is reached."""
+
+    def __init__(self, message: str, quota: str = "other"):
+        super().__init__(message)
+        # a fixed word (metrics label): builds_at_once, builds_per_day, environments
+        self.quota = quota
+
+
+class HeldSlot:
+    """A place under the concurrency cap, held past repo2docker's exit.
+
+    ``run_build`` leaves its ``async with`` when repo2docker exits, but the
+    build still shows ``running`` until its final status is written. Were
+    the semaphore released there, the next build would start (and show
+    ``running``) first: one more running than the cap. So leaving the
+    ``async with`` keeps the place; ``release()`` gives it back once the
+    final status is in the database.
+    """
+
+    def __init__(self, semaphore: asyncio.Semaphore):
+        self.semaphore = semaphore
+        self.held = False
+
+    async def __aenter__(self):
+        await self.semaphore.acquire()
+        self.held = True
+        return self
+
+    async def __aexit__(self, *exc):
+        return False
+
+    def release(self):
+        if self.held:
+            self.held = False
+            self.semaphore.release()
 
 
 @dataclass(frozen=True)
@@ -87,7 +127,11 @@ class BuildManager:
         max_daily_per_user: int = 20,
         max_versions: int = 5,
         max_image_disk: int | None = None,
+        metrics=None,
+        log_flush_interval: float = 2.0,
     ):
+        self.metrics = metrics
+        self.log_flush_interval = log_flush_interval
         self.max_versions = max_versions
         self.max_image_disk = max_image_disk
         self.max_concurrent_per_user = max_concurrent_per_user
@@ -99,10 +143,18 @@ class BuildManager:
         self.settings = settings
         self.docker = docker
         self.catalogue = catalogue
+        self.concurrency = concurrency
         self.slots = asyncio.Semaphore(concurrency)
         self.waiting: list[int] = []
+        self.running: set[int] = set()
+        self.queued_at: dict[int, float] = {}  # monotonic time a build was queued
         self.tasks: dict[int, asyncio.Task] = {}
         self.logs: dict[int, BuildLog] = {}
+        # what was last written of each live log: (head lines, line count)
+        self._flushed: dict[int, tuple[int, int]] = {}
+        # field updates a locked database refused, written by the flusher
+        self._pending: dict[int, dict] = {}
+        self._flusher: asyncio.Task | None = None
 
     # --- queries ----------------------------------------------------------------
     def position(self, build_id: int) -> int | None:
@@ -111,6 +163,11 @@ class BuildManager:
             return self.waiting.index(build_id) + 1
         except ValueError:
             return None
+
+    def oldest_queued_age(self) -> float | None:
+        """Seconds the longest-waiting queued build has waited, or None."""
+        times = [self.queued_at[b] for b in self.waiting if b in self.queued_at]
+        return round(time.monotonic() - min(times), 3) if times else None
 
     def log_for(self, build: store.Build) -> BuildLog:
         live = self.logs.get(build.id)
@@ -127,6 +184,7 @@ class BuildManager:
         credentials: Credentials | None = None,
         ref: str | None = None,
         exempt: bool = True,
+        archive_version: str = "",
     ) -> store.Build:
         """Queue a build of ``environment`` at its ref (or ``ref``); Conflict if
         one is active."""
@@ -155,13 +213,20 @@ class BuildManager:
             build_args=tuple(sorted(json.loads(environment.build_args or "{}").items())),
             owner=environment.owner,
             visibility=environment.visibility,
+            # an admin's build: local repositories and any base image
+            trusted=exempt,
+            archive_version=archive_version,
         )
         self.logs[build.id] = BuildLog(
             head_size=self.log_head,
             tail_size=self.log_tail,
             redact=redactor(credentials.secrets() if credentials else []),
+            max_line_bytes=self.settings.log_max_line_bytes,
+            max_bytes=self.settings.log_max_bytes,
         )
         self.waiting.append(build.id)
+        self.queued_at[build.id] = time.monotonic()
+        self._start_flusher()
         task = asyncio.ensure_future(self._run(build.id, request, credentials))
         self.tasks[build.id] = task
         task.add_done_callback(lambda _t, bid=build.id: self._forget(bid))
@@ -172,19 +237,32 @@ class BuildManager:
         mine = select(func.count(store.Build.id)).where(store.Build.requested_by == user)
         running = db.scalar(mine.where(store.Build.status.in_(store.ACTIVE_STATES)))
         if running >= self.max_concurrent_per_user:
+            self._count_refusal("builds_at_once")
             raise QuotaExceeded(
-                f"you have {running} builds queued or running, the most allowed at once here"
+                f"you have {running} builds queued or running, the most allowed at once here",
+                "builds_at_once",
             )
         since = store.utcnow() - datetime.timedelta(days=1)
         today = db.scalar(mine.where(store.Build.created_at >= since, ~store.Build.cached))
         if today >= self.max_daily_per_user:
-            raise QuotaExceeded(f"you have started {today} builds in 24 hours, the most allowed")
+            self._count_refusal("builds_per_day")
+            raise QuotaExceeded(
+                f"you have started {today} builds in 24 hours, the most allowed", "builds_per_day"
+            )
+
+    def _count_refusal(self, quota: str):
+        if self.metrics is not None:
+            self.metrics.quota_refused(quota)
 
     def _forget(self, build_id: int):
         self.tasks.pop(build_id, None)
         if build_id in self.waiting:
             self.waiting.remove(build_id)
+        self.running.discard(build_id)
+        self.queued_at.pop(build_id, None)
         self.logs.pop(build_id, None)
+        self._flushed.pop(build_id, None)
+        self._pending.pop(build_id, None)
 
     def cancel(self, build_id: int) -> bool:
         task = self.tasks.get(build_id)
@@ -196,6 +274,8 @@ class BuildManager:
     async def shutdown(self):
         """Stop every build (service stopping): they end ``interrupted``."""
         self.shutting_down = True
+        if self._flusher is not None:
+            self._flusher.cancel()
         tasks = [t for t in self.tasks.values() if not t.done()]
         for task in tasks:
             task.cancel()
@@ -210,20 +290,97 @@ class BuildManager:
 
     # --- running ----------------------------------------------------------------
     def _update(self, build_id: int, **fields):
+        """Write fields of a build now; if another process holds the
+        database's lock, the flusher writes them a moment later (a build
+        must not fail, nor the event loop wait, because of a busy database)."""
+        fields = {**self._pending.pop(build_id, {}), **fields}
+        try:
+            self._write(build_id, fields)
+        except OperationalError as e:
+            log.warning("build %s: database busy, writing its state later: %s", build_id, e)
+            self._pending[build_id] = fields
+
+    def _write(self, build_id: int, fields: dict):
         with self.sessions() as db:
             build = db.get(store.Build, build_id)
+            if build is None:
+                return
             for key, value in fields.items():
                 setattr(build, key, value)
             db.commit()
+
+    def _log_fields(self, build_id: int, buildlog: BuildLog) -> dict | None:
+        """The log columns to write, or None when nothing changed since the
+        last write. The head (first lines) stops changing once full, so a
+        long build rewrites only its bounded tail: the cost per write is
+        bounded by ``log_tail`` lines, whatever the log's length."""
+        head_len, count = len(buildlog.head), buildlog.count
+        last = self._flushed.get(build_id, (-1, -1))
+        if count == last[1]:
+            return None
+        head, tail, count = buildlog.stored()
+        fields = {"log_tail": tail, "log_lines": count}
+        if head_len != last[0]:
+            fields["log_head"] = head
+        self._flushed[build_id] = (head_len, count)
+        return fields
+
+    def flush_logs(self):
+        """Write what changed of every live log (and updates a locked
+        database refused before)."""
+        for build_id, buildlog in list(self.logs.items()):
+            if buildlog.finished:
+                continue
+            fields = dict(self._pending.get(build_id, {}))
+            log_fields = self._log_fields(build_id, buildlog)
+            fields.update(log_fields or {})
+            if not fields:
+                continue
+            try:
+                self._write(build_id, fields)
+                self._pending.pop(build_id, None)
+            except OperationalError as e:
+                self._flushed.pop(build_id, None)  # write the whole log next time
+                log.warning("build %s: database busy, log written later: %s", build_id, e)
+
+    def _start_flusher(self):
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_forever())
+
+    async def _flush_forever(self):
+        while self.tasks or self.logs:
+            await asyncio.sleep(self.log_flush_interval)
+            try:
+                self.flush_logs()
+            except Exception:  # never let the flusher die: logs would stop being kept
+                log.exception("could not write build logs")
+
+    async def _write_final(self, build_id: int, fields: dict, timeout: float = 600):
+        """The final state must reach the database: retry while it is locked,
+        without blocking the event loop between tries."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._write(build_id, fields)
+                return
+            except OperationalError as e:
+                if time.monotonic() > deadline:
+                    log.error("build %s: final state not written: %s", build_id, e)
+                    return
+                await asyncio.sleep(0.5)
 
     async def _run(self, build_id: int, request: BuildRequest, credentials: Credentials | None):
         buildlog = self.logs[build_id]
         env = gitref.git_env(credentials.git_env() if credentials else None)
         status, fields = store.FAILED, {}
+        slot = HeldSlot(self.slots)
 
         def on_running():
             if build_id in self.waiting:
                 self.waiting.remove(build_id)
+            self.running.add(build_id)
+            if self.metrics is not None and build_id in self.queued_at:
+                self.metrics.queue_wait(time.monotonic() - self.queued_at[build_id])
             self._update(build_id, status=store.RUNNING, started_at=store.utcnow())
 
         try:
@@ -233,7 +390,7 @@ class BuildManager:
                 lambda line: buildlog.append(line.phase, line.message),
                 docker=self.docker,
                 env=env,
-                slot=self.slots,
+                slot=slot,
                 on_running=on_running,
                 on_spawn=lambda pid: self._update(build_id, pid=pid),
                 on_resolved=lambda commit: self._update(build_id, commit=commit),
@@ -261,18 +418,28 @@ class BuildManager:
         finally:
             head, tail, count = buildlog.stored()
             now = store.utcnow()
-            with self.sessions() as db:
-                build = db.get(store.Build, build_id)
-                build.status = status
-                build.finished_at = now
-                build.started_at = build.started_at or now
-                build.pid = None
-                build.log_head, build.log_tail, build.log_lines = head, tail, count
-                for key, value in fields.items():
-                    setattr(build, key, value)
-                db.commit()
-            buildlog.finish()
-            self.catalogue.invalidate()
+            final = {**self._pending.pop(build_id, {}), **fields}
+            waited = time.monotonic() - self.queued_at.get(build_id, time.monotonic())
+            started = None
+            final.update(status=status, finished_at=now, pid=None)
+            final.update(log_head=head, log_tail=tail, log_lines=count)
+            try:
+                with self.sessions() as db:
+                    build = db.get(store.Build, build_id)
+                    started = build.started_at if build is not None else None
+                final["started_at"] = started or final.get("started_at") or now
+                await self._write_final(build_id, final)
+            finally:
+                # the place under the cap is free only once the database
+                # says this build is no longer running
+                self.running.discard(build_id)
+                slot.release()
+                buildlog.finish()
+                self.catalogue.invalidate()
+            if self.metrics is not None:
+                # repo2docker's run time; a cached build never ran it: its time in all
+                duration = (now - started).total_seconds() if started else waited
+                self.metrics.build_finished(status, bool(final.get("cached")), duration)
 
     async def collect_garbage(self, buildlog: BuildLog | None = None):
         """Remove old versions beyond the limits (never one a container uses)."""
@@ -327,6 +494,13 @@ class BuildManager:
                         pass
                 build.status = store.INTERRUPTED
                 build.error = "the environments service restarted during this build"
+                # the log written so far stays, with the reason as its last line
+                entry = json.dumps(
+                    {"phase": "failed", "message": "Interrupted: the service restarted\n"},
+                    separators=(",", ":"),
+                )
+                build.log_tail = (build.log_tail + "\n" + entry).lstrip("\n")
+                build.log_lines = (build.log_lines or 0) + 1
                 build.finished_at = store.utcnow()
                 build.pid = None
             db.commit()

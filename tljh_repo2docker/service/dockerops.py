@@ -2,12 +2,61 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import tarfile
 
 import aiodocker
 
 from .. import labels
+from ..catalogue import DockerUnavailable
+
+
+class LazyDocker:
+    """An aiodocker client made on first use, and again after a failure.
+
+    ``aiodocker.Docker()`` fails (AssertionError) when no socket exists, e.g.
+    on a fresh TLJH install before Docker is installed: the service must
+    start anyway and begin to work once Docker is there. Attribute access
+    (``.images``, ``.containers``...) goes to the real client; while there is
+    none it raises ``DockerUnavailable`` with the reason.
+    """
+
+    def __init__(self, url: str | None = None):
+        self._url = url
+        self._client: aiodocker.Docker | None = None
+
+    @property
+    def client(self) -> aiodocker.Docker:
+        if self._client is None:
+            try:
+                self._client = aiodocker.Docker(url=self._url)
+            except (AssertionError, ValueError, OSError) as e:
+                raise DockerUnavailable(
+                    "no Docker socket: DOCKER_HOST is unset and /var/run/docker.sock is missing"
+                ) from e
+        return self._client
+
+    def __getattr__(self, name: str):
+        # only called for what this class lacks: the client's API groups
+        return getattr(self.client, name)
+
+    async def ping(self, timeout: float = 2.0) -> str:
+        """The engine's version; DockerUnavailable when it does not answer."""
+        try:
+            version = await asyncio.wait_for(self.client.version(), timeout)
+        except asyncio.TimeoutError as e:
+            raise DockerUnavailable(f"no answer within {timeout:g} s") from e
+        except aiodocker.DockerError as e:
+            raise DockerUnavailable(str(e.message)[:300]) from e
+        except OSError as e:
+            raise DockerUnavailable(str(e)[:300]) from e
+        return str(version.get("Version", ""))
+
+    async def close(self):
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
 
 
 def _hub_filter(hub: str, *extra: str) -> dict:

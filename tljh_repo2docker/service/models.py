@@ -44,6 +44,20 @@ def build_model(service, build: store.Build, environment_name: str) -> dict:
     }
 
 
+NEEDS_REBUILD = "needs_rebuild"
+
+
+def environment_status(latest, current) -> str:
+    """The latest build's status, reconciled with Docker: a build that
+    succeeded but whose image is gone (``docker rmi`` by hand, a prune)
+    leaves an environment nobody can start, which "needs a rebuild"."""
+    if latest is None:
+        return "new"
+    if latest.status == store.SUCCEEDED and current is None:
+        return NEEDS_REBUILD
+    return latest.status
+
+
 def environment_model(service, env, latest, current, servers) -> dict:
     return {
         "name": env.name,
@@ -56,9 +70,12 @@ def environment_model(service, env, latest, current, servers) -> dict:
         "owner": env.owner or None,
         "visibility": env.visibility,
         "created_by": env.created_by,
+        # launch-made: who caused it (it counts in their quota); promoted: in pickers
+        "launched_by": env.launched_by or None,
+        "promoted": bool(env.launched_by) and env.visibility != access.LAUNCH,
         "created_at": iso(env.created_at),
         "updated_at": iso(env.updated_at),
-        "status": latest.status if latest else "new",
+        "status": environment_status(latest, current),
         "image": current.image if current else None,
         "commit": current.commit if current else None,
         "size": current.size if current else None,

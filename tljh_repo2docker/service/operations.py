@@ -29,7 +29,15 @@ CREATE_FIELDS = {
     "visibility",
 }
 CREDENTIAL_FIELDS = {"username", "token"}
-UPDATE_FIELDS = {"display_name", "mem_limit", "cpu_limit", "ref", "build_args", "visibility"}
+UPDATE_FIELDS = {
+    "display_name",
+    "mem_limit",
+    "cpu_limit",
+    "ref",
+    "build_args",
+    "visibility",
+    "promoted",
+}
 
 __all__ = ["Conflict", "Forbidden", "InvalidInput", "NotFound", "QuotaExceeded"]
 
@@ -100,19 +108,27 @@ def create_environment(service, db, data: dict, username: str, admin: bool = Tru
         mem_limit=data.get("mem_limit"),
         cpu_limit=data.get("cpu_limit"),
         build_args=data.get("build_args"),
+        admin=admin,
     )
     credentials = credentials_from(data)
     if not admin and request.name.startswith(tuple(f"{p}-" for p in providers.PROVIDERS)):
         raise InvalidInput("name", "names starting with a launch provider are for launch links")
     if store.find_environment(db, request.name) is not None:
-        raise Conflict(f"an environment named {request.name} exists already")
+        # One namespace for all users: a name someone holds cannot be given
+        # to someone else, so "taken" is unavoidable. The answer is the same
+        # for every taken name, visible or not, and says nothing more (not
+        # "exists", not whose); reads of an environment you cannot see answer
+        # 404 exactly as for a name nobody holds.
+        raise Conflict(f"the name {request.name} is not available; choose another")
     if not admin:
         owned = db.scalar(
             select(func.count(store.Environment.id)).where(store.Environment.owner == username)
         )
         if owned >= service.max_environments_per_user:
+            service.metrics.quota_refused("environments")
             raise QuotaExceeded(
-                f"you have {owned} environments, the most allowed here; delete one first"
+                f"you have {owned} environments, the most allowed here; delete one first",
+                "environments",
             )
     env = store.Environment(
         name=request.name,
@@ -138,9 +154,10 @@ def start_build(service, db, env: store.Environment, data: dict, username: str, 
     return service.builds.start(db, env, username, credentials_from(data), exempt=admin)
 
 
-async def update_environment(service, db, env: store.Environment, data: dict):
+async def update_environment(service, db, env: store.Environment, data: dict, admin=True):
     """Change display name, limits or ref; built images get the new labels."""
     check_fields(data, UPDATE_FIELDS)
+    promotion = launch_visibility(env, data, admin)
     if store.active_build(db, env) is not None:
         raise Conflict("wait for the running build to finish, or cancel it")
     changes = {}
@@ -155,8 +172,10 @@ async def update_environment(service, db, env: store.Environment, data: dict):
     if "build_args" in data:
         # used by the next build (an image's build arguments cannot change)
         changes["build_args"] = json.dumps(validation.build_args(data["build_args"]))
-    if "visibility" in data:
+    if "visibility" in data and data["visibility"] != env.visibility:
         changes["visibility"] = access.validate(data["visibility"])
+    if promotion is not None:
+        changes["visibility"] = promotion
     for key, value in changes.items():
         setattr(env, key, value)
     env.updated_at = store.utcnow()
@@ -164,6 +183,28 @@ async def update_environment(service, db, env: store.Environment, data: dict):
         await relabel_images(service, env)
     db.commit()
     return env
+
+
+def launch_visibility(env: store.Environment, data: dict, admin: bool) -> str | None:
+    """``promoted`` (launch-made environments only, admins only): true puts
+    one in the pickers of those its visibility names (public unless given),
+    false takes it out again. Who sees a launch-made environment is the
+    admins' choice, not its owner's. Returns the new visibility, or None."""
+    wants_visibility = "visibility" in data and data["visibility"] != env.visibility
+    if "promoted" not in data and not (env.launched_by and wants_visibility):
+        return None
+    if not env.launched_by:
+        raise InvalidInput("promoted", "only environments made by launch links are promoted")
+    if not admin:
+        raise Forbidden("only an administrator may promote a launch-made environment")
+    promoted = data.get("promoted", True)
+    if not isinstance(promoted, bool):
+        raise InvalidInput("promoted", "must be true or false")
+    if not promoted:
+        return access.LAUNCH
+    if data.get("visibility") in (None, "", access.LAUNCH):
+        return access.PUBLIC
+    return access.validate(data["visibility"])
 
 
 async def relabel_images(service, env: store.Environment):
