@@ -166,6 +166,17 @@ def screenshot():
     return Screenshots(SCREENSHOTS)
 
 
+@pytest.fixture
+def look(screenshot):
+    """Checks a page with axe-core (light and dark) and photographs it in light,
+    dark and on a phone: ``look(page, "name")``; see pagecheck.py."""
+    from pagecheck import PageCheck
+
+    check = PageCheck(screenshot)
+    yield check
+    check.assert_clean()
+
+
 class PageProblems:
     """JavaScript errors and failed requests seen by a browser context."""
 

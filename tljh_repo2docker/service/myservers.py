@@ -90,6 +90,14 @@ def ago(when: datetime | None, now: datetime | None = None) -> str:
     return "just now"
 
 
+def start_options(environment: str, pinned: str) -> dict:
+    """The hub's /spawn query that starts a server as it was, without the form
+    (the picker's field names: environment, version-<environment>)."""
+    if not environment:
+        return {}
+    return {"environment": environment, **({f"version-{environment}": pinned} if pinned else {})}
+
+
 def tag_parts(tag: str) -> tuple[str, str]:
     """(repository, commit) of an image tag such as ``prefix/env:0123456789ab``;
     commit is '' when the tag does not end with one."""
@@ -263,6 +271,8 @@ class MyServersPage(PageHandler):
             "can_open": status == "running",
             "can_stop": status in ("running", "starting"),
             "can_start": status == "stopped",
+            # query of the hub's /spawn URL that starts it as it was (no form)
+            "start_options": start_options(environment, pinned) if current is not None else {},
             "can_delete": bool(name) and status in ("running", "stopped"),
         }
 
