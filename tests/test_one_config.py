@@ -59,7 +59,7 @@ def test_hub_service_and_cli_agree_on_a_config_d_setting(docker_ready, tmp_path)
         assert inspect(image)["Config"]["Labels"]["tljh_repo2docker.hub"] == real_name
         # the service lists it
         admin = hub.user_token("admin")
-        listed = hub.service_api("GET", "/environments", token=admin).json()
+        listed = hub.service_api("GET", "/environments", token=admin).json()["environments"]
         assert [e["name"] for e in listed] == ["agreed"]
         # and the hub's spawner offers it and starts it
         user = hub.user_token("alice")
