@@ -57,6 +57,8 @@ KEYS = {
     "launch_home_access": ("BuildSettings", "launch_home_access"),
     "server_pids_limit": ("Repo2DockerSpawner", "pids_limit"),
     "server_mem_limit": ("Repo2DockerSpawner", "default_mem_limit"),
+    "max_concurrent_starts": ("Repo2DockerSpawner", "max_concurrent_starts"),
+    "server_start_timeout": ("Repo2DockerSpawner", "start_timeout"),
     "build_concurrency": ("EnvironmentsService", "build_concurrency"),
     "db_url": ("EnvironmentsService", "db_url"),
     "max_environments_per_user": ("EnvironmentsService", "max_environments_per_user"),

@@ -4,31 +4,60 @@
 - the choice is validated on the server side, whether it comes from the form
   or from ``user_options`` sent to the REST API: anything else is a 400;
 - per-image memory/CPU limits from the image labels;
-- the user's persistent home is prepared and bind-mounted;
+- the user's persistent home is prepared and bind-mounted; a launch-link
+  server sees only its project folder unless asked otherwise;
+- the container runs as the home's owner, never root, confined as
+  ``hardening.py`` says (no capabilities, no new privileges, seccomp, pids
+  and memory limits);
 - progress events, and errors that say what went wrong;
 - start() returns only once the server answers HTTP, so the hub's first
-  readiness check succeeds instead of backing off.
+  readiness check succeeds instead of backing off; the polling backs off
+  when many servers start at once (``ready_poll_delay``);
+- a container whose server failed to start or died is removed with its
+  anonymous volumes, even when JupyterHub does not call stop();
+- admission control: at most ``max_concurrent_starts`` servers of this hub
+  process start at once, the others wait their turn (``admission.py``);
+- figures: Prometheus metrics for ``/hub/metrics`` and one record per start
+  for the status page (``spawnmetrics.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import ipaddress
 import os
 import re
+import stat
 import time
 from functools import cached_property
+from urllib.parse import urlsplit
 
 import docker.errors
 from dockerspawner import DockerSpawner
+from jupyterhub.traitlets import ByteSpecification
+from jupyterhub.utils import maybe_future
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from traitlets import Float, Unicode, default
+from traitlets import Float, Integer, Unicode, default
 
-from . import access, homes, labels, projects, validation
+from . import (
+    access,
+    admission,
+    hardening,
+    homes,
+    labels,
+    projects,
+    serverrecords,
+    spawnmetrics,
+    tljhconfig,
+    validation,
+)
 from .assets import jinja_env
 from .builder import BuildSettings
 from .catalogue import Catalogue, DockerUnavailable
+from .hubconfig import SERVICE_NAME
 
 _catalogues: dict[tuple[str, float], Catalogue] = {}
 _templates = jinja_env()
@@ -42,12 +71,48 @@ def shared_catalogue(hub_name: str, max_age: float) -> Catalogue:
     return _catalogues[key]
 
 
+def ready_poll_delay(attempt: int, starting: int, first: float, maximum: float) -> float:
+    """Seconds before readiness check ``attempt`` (0, 1, ...) of one server
+    while ``starting`` servers (this one included) wait in this process.
+
+    The delay grows by half each check from ``first``, up to ``2 * first *
+    starting``: a lone spawn keeps being checked every few milliseconds
+    (it is ready a moment after it answers), while many at once share about
+    ``1 / (2 * first)`` checks per second in total instead of each polling
+    that often. Never more than ``maximum``, never less than ``first``.
+    """
+    starting = max(1, starting)
+    grown = first * 1.5 ** min(max(0, attempt), 64)  # 1.5**64 is plenty; no overflow
+    return max(first, min(grown, 2 * first * starting, maximum))
+
+
 class SpawnError(web.HTTPError):
     """An HTTP error whose message JupyterHub shows on the spawn page as is."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, refusal: str = ""):
         super().__init__(status, "%s", message, reason=None)
         self.jupyterhub_message = message
+        self.refusal = refusal  # a spawnmetrics.REFUSAL_REASONS label, else by status
+
+
+def _consume(future: asyncio.Future):
+    # a failure nobody waits for any more is not "never retrieved"
+    if not future.cancelled():
+        future.exception()
+
+
+async def fetch_quietly(client: AsyncHTTPClient, request: HTTPRequest):
+    """``client.fetch(request)``, safe to cancel.
+
+    JupyterHub cancels start() when its start_timeout passes. Cancelling
+    tornado's fetch future directly makes tornado log "Exception after
+    Future was cancelled" with a traceback when the request then fails (a
+    server that never answers: up to request_timeout later). Only the
+    shield is cancelled; the request ends on its own, its error consumed.
+    """
+    future = client.fetch(request)
+    future.add_done_callback(_consume)
+    return await asyncio.shield(future)
 
 
 class Repo2DockerSpawner(DockerSpawner):
@@ -65,8 +130,53 @@ class Repo2DockerSpawner(DockerSpawner):
         0.5, config=True, help="Seconds a catalogue listing is served before a refresh."
     )
     ready_poll_interval = Float(
-        0.01, config=True, help="Seconds between checks that a new server answers HTTP."
+        0.01,
+        config=True,
+        help="Seconds before the first checks that a new server answers HTTP; the checks "
+        "back off when many servers start at once.",
     )
+    ready_poll_max_interval = Float(
+        0.5, config=True, help="Longest wait between checks that a new server answers HTTP."
+    )
+    pids_limit = Integer(
+        1024,
+        config=True,
+        help="Most processes and threads one server may run (stops fork bombs); 0: no limit.",
+    )
+    # 10, measured on a 2-core machine (benchmarks/storm.py, 50 users at once):
+    # 4 started 25 within the timeout, 10 started 40, no limit 5 (all shared
+    # the CPU and missed the timeout together)
+    max_concurrent_starts = Integer(
+        10,
+        config=True,
+        help="Most servers this hub starts at once; the others wait their turn, told how "
+        "many start before them; 0: no limit.",
+    )
+    spawn_record_file = Unicode(
+        config=True,
+        help="File of one JSON line per server start (time, outcome, reason) that the "
+        "status page reads; '': none. Default: in TLJH's state directory.",
+    )
+    default_mem_limit = ByteSpecification(
+        "2G",
+        allow_none=True,
+        config=True,
+        help="Memory limit of servers whose environment sets none, when TLJH "
+        "(limits.memory, i.e. Spawner.mem_limit) sets none either; None: no limit.",
+    )
+
+    # servers of this process between container start and first answer
+    _starting = 0
+
+    @default("start_timeout")
+    def _default_start_timeout(self):
+        # JupyterHub's 60 s bounds all of start(), the admission wait included;
+        # 20 starts at once took up to 60 s on a busy 2-core machine
+        return 120
+
+    @default("spawn_record_file")
+    def _default_spawn_record_file(self):
+        return os.path.join(tljhconfig.state_dir(), "tljh-repo2docker-spawns.jsonl")
 
     @default("cmd")
     def _default_cmd(self):
@@ -86,7 +196,7 @@ class Repo2DockerSpawner(DockerSpawner):
     @default("extra_host_config")
     def _default_extra_host_config(self):
         # Not auto_remove: a server that dies while starting keeps its log
-        # until stop() removes it, so the spawn page can show why.
+        # until start() has read it (then start() removes the container).
         return {"auto_remove": False}
 
     @default("prefix")
@@ -119,14 +229,17 @@ class Repo2DockerSpawner(DockerSpawner):
             name=self.user.name,
             groups=frozenset(g.name for g in getattr(self.user, "groups", []) or []),
             admin=bool(getattr(self.user, "admin", False)),
+            # a launch-made environment starts only through its launch link
+            launching=access.started_by_service(getattr(self, "handler", None), SERVICE_NAME),
         )
 
     async def visible_environments(self) -> list:
+        # the picker: never launch-made environments an admin has not promoted
         viewer = self.viewer()
         return [
             info
             for info in await self.catalogue.environments()
-            if access.can_see(info.owner, info.visibility, viewer)
+            if access.in_picker(info.owner, info.visibility, viewer)
         ]
 
     # --- spawn form -----------------------------------------------------------
@@ -140,11 +253,52 @@ class Repo2DockerSpawner(DockerSpawner):
         for info in await spawner.catalogue.images():
             versions.setdefault(info.environment, []).append(info)
         for builds in versions.values():
-            builds.sort(key=lambda i: i.built_at, reverse=True)
+            builds.sort(key=lambda i: i.order_key, reverse=True)
+        # Preselected: the user's last choice (this server's, else that of the
+        # server they started last), then the admin's default; without either,
+        # nothing unless there is only one (a random first card may crash).
+        own = spawner.user_options if isinstance(spawner.user_options, dict) else {}
+        orm_user = getattr(spawner.user, "orm_user", None)
+        started = sorted(
+            (
+                s
+                for s in (orm_user.orm_spawners.values() if orm_user is not None else ())
+                if isinstance(s.user_options, dict)
+            ),
+            key=lambda s: str(s.started or s.last_activity or ""),
+            reverse=True,
+        )
+        wanted = [own.get("environment")]
+        wanted += [s.user_options.get("environment") for s in started]
+        wanted.append(spawner.default_environment)
+        names = [info.environment for info in environments]
+        selected = next(
+            (w for w in wanted if isinstance(w, str) and w in names),
+            names[0] if len(names) == 1 else "",
+        )
+        why = ""
+        if selected and selected in wanted[:-1]:
+            why = "last used"
+        elif selected and selected == spawner.default_environment:
+            why = "default"
+        # many environments come in groups: the user's own, shared with their
+        # groups, for everyone (the template shows groups above 6 environments)
+        name = spawner.user.name
+        own = [e for e in environments if e.owner == name]
+        shared = [e for e in environments if e.owner != name and e.visibility.startswith("groups:")]
+        rest = [e for e in environments if e not in own and e not in shared]
+        hub_base = getattr(getattr(spawner, "hub", None), "base_url", None) or "/hub/"
         return _templates.get_template("spawn_form.html").render(
             environments=environments,
             versions=versions,
-            selected=spawner.default_environment,
+            selected=selected,
+            selected_why=why,
+            groups=[
+                ("Your environments", own),
+                ("Shared with your groups", shared),
+                ("For everyone", rest),
+            ],
+            services_url=hub_base.rstrip("/").removesuffix("/hub") + "/services/",
             format_bytes=validation.format_bytes,
         )
 
@@ -177,6 +331,8 @@ class Repo2DockerSpawner(DockerSpawner):
                 projects.valid_project(options["project"])
             except projects.ProjectError as e:
                 raise SpawnError(400, str(e)) from None
+        if not isinstance(options.get("whole_home", False), bool):
+            raise SpawnError(400, "'whole_home' must be true or false")
         if environment is not None and not isinstance(environment, str):
             raise SpawnError(400, "'environment' must be a string")
         if environment is None and image is not None and not isinstance(image, str):
@@ -256,35 +412,195 @@ class Repo2DockerSpawner(DockerSpawner):
         self._progress_events = []
         self._progress_changed = asyncio.Event()
         self._start_done = False
+        self._start_began = time.monotonic()
+        self._started_environment = None
+        self._queued_seconds = 0.0
         try:
-            return await self._start()
+            address = await self._start()
+        except BaseException as e:
+            self._count_start(e)
+            # JupyterHub calls stop() only for servers that still run: a
+            # container that exited (or never answered) would stay behind.
+            if self.object_id:
+                await self._discard_container()
+            refused = isinstance(e, SpawnError) and e.status_code in (400, 404, 410)
+            if refused and self._forgettable():
+                # a refused first start must not leave a named server that
+                # counts toward the user's limit (see serverrecords)
+                self._forget_task = asyncio.ensure_future(serverrecords.forget_refused_server(self))
+            raise
         finally:
             self._start_done = True
             self._progress_changed.set()
+        self._ran = True
+        self._count_start(None)
+        return address
+
+    def _count_start(self, error: BaseException | None):
+        """Metrics and a record of one start; never fails the start."""
+        status = getattr(error, "status_code", None)
+        outcome = spawnmetrics.outcome_of(error, status)
+        seconds = time.monotonic() - self._start_began
+        reason = ""
+        try:
+            metrics = spawnmetrics.hub_metrics()
+            metrics.observe(self._started_environment, outcome, seconds)
+            if outcome == "refused":
+                reason = spawnmetrics.refusal_reason(status, getattr(error, "refusal", ""))
+                metrics.refused(reason)
+            if error is not None:
+                message = getattr(error, "jupyterhub_message", "") or str(error)
+                if outcome == "timeout" and not message:
+                    message = f"the hub gave up after its start_timeout ({self.start_timeout} s)"
+                reason = f"{reason}: {message}" if reason else message
+            if self.spawn_record_file:
+                spawnmetrics.append_record(
+                    self.spawn_record_file,
+                    spawnmetrics.record_line(
+                        user=self.user.name,
+                        server=self.name or "",
+                        environment=self._started_environment,
+                        outcome=outcome,
+                        seconds=seconds,
+                        queued=self._queued_seconds,
+                        reason=reason,
+                    ),
+                )
+        except Exception as e:  # figures must never break a start
+            self.log.warning("could not count the start of %s: %s", self._log_name, e)
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self):
+        """Hold one of the process's ``max_concurrent_starts`` places."""
+        gate = admission.process_gate(self.max_concurrent_starts)
+        metrics = spawnmetrics.hub_metrics()
+        began = time.monotonic()
+
+        def tell(ahead: int):
+            self._progress(20, admission.waiting_message(ahead))
+
+        metrics.waiting.inc()
+        try:
+            await gate.acquire(tell, timeout=admission.admission_deadline(self.start_timeout))
+        except admission.AdmissionTimeout as e:
+            raise SpawnError(
+                503,
+                f"The hub is busy: {e.args[0]} servers are starting before yours. "
+                "Try again in a minute.",
+                refusal="busy",
+            ) from None
+        finally:
+            metrics.waiting.dec()
+            self._queued_seconds = time.monotonic() - began
+        metrics.starting.inc()
+        try:
+            yield
+        finally:
+            metrics.starting.dec()
+            gate.release()
+
+    def _forgettable(self) -> bool:
+        return serverrecords.is_forgettable(
+            self.name, getattr(self, "_ran", False), False, None
+        ) and bool(getattr(self, "db", None))
+
+    # the "ran" mark survives stops (clear_state) and hub restarts (state)
+    def get_state(self):
+        state = super().get_state()
+        if getattr(self, "_ran", False):
+            state[serverrecords.RAN_KEY] = True
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self._ran = bool(state.get(serverrecords.RAN_KEY)) or getattr(self, "_ran", False)
+
+    def hub_unreachable_reason(self) -> str | None:
+        """Why no container could reach the hub, or None.
+
+        The hub binds the Docker bridge; when Docker was not running as the
+        hub started, it fell back to 127.0.0.1, which a container cannot
+        reach: every start would wait for a timeout and fail without a word.
+        """
+        if self.network_name == "host" or self.hub is None:
+            return None
+        host = urlsplit(self.hub.api_url).hostname or ""
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return None
+        if not loopback:
+            return None
+        return (
+            f"The hub listens on {host}, which containers cannot reach: Docker was not "
+            "running when the hub started. An administrator must start Docker, then "
+            "restart the hub (sudo tljh-config reload hub)."
+        )
 
     async def _start(self):
+        problem = self.hub_unreachable_reason()
+        if problem:
+            self.log.error("%s: %s", self._log_name, problem)
+            raise SpawnError(503, problem)
         self._progress(10, "Checking the environment")
-        info = await self.resolve_choice(self.user_options or {})
+        options = self.user_options or {}
+        info = await self.resolve_choice(options)
         self.image = info.image
-        if info.mem_limit is not None:
-            self.mem_limit = info.mem_limit
-        if info.cpu_limit is not None:
-            self.cpu_limit = info.cpu_limit
+        self._started_environment = info.environment
+        self._apply_limits(info)
+        # seeding a project and starting a container are the costly part
+        async with self._admitted():
+            return await self._start_admitted(info, options)
 
+    async def _start_admitted(self, info, options: dict):
         self._progress(25, "Preparing your home directory")
         path = homes.home_path(self.homes_dir, self.user.name)
         settings = self.build_settings
         try:
             owner = await asyncio.to_thread(
-                homes.prepare_home, path, settings.user_id, settings.user_id
+                homes.prepare_home, path, settings.user_id, settings.user_gid
             )
-        except homes.HomeError as e:
+            user = hardening.container_user(owner.uid, settings.user_gid)
+        except (homes.HomeError, hardening.UnsafeUser) as e:
             raise SpawnError(500, f"Your home directory is not usable: {e}") from e
-        self.volumes = {path: {"bind": f"/home/{settings.user_name}", "mode": "rw"}}
-        project = (self.user_options or {}).get("project")
+        self._run_as_uid = owner.uid
+        mount_point = f"/home/{settings.user_name}"
+        self.volumes = {path: {"bind": mount_point, "mode": "rw"}}
+        self.notebook_dir = self._configured("notebook_dir")
+        project = options.get("project")
+        only_project = None
         if project and settings.project_folders:
             self._progress(30, "Preparing your project folder")
-            await self.prepare_project(info, path, project, owner)
+            folder = await self.prepare_project(info, path, project, owner)
+            if settings.launch_home_access == "home" or options.get("whole_home") is True:
+                # opened wider on purpose: the whole home, the project as the root
+                self.notebook_dir = f"{mount_point}/{project}"
+            else:
+                # launched code sees this project only, as its home
+                only_project = folder
+                self.notebook_dir = mount_point
+        with contextlib.ExitStack() as pins:
+            if only_project is not None:
+                try:
+                    source = pins.enter_context(
+                        projects.pinned_folder(
+                            only_project, owner.uid, projects.staging_root(self.homes_dir)
+                        )
+                    )
+                except (OSError, projects.ProjectError) as e:
+                    raise SpawnError(
+                        409, f"~/{project} is not a folder of yours; rename or remove it: {e}"
+                    ) from e
+                self.volumes = {source: {"bind": mount_point, "mode": "rw"}}
+            # once started, the container keeps its mount: the pin can go
+            ip, port = await self._start_container(info, user, settings)
+
+        self._progress(70, "Waiting for the server to answer")
+        await self.wait_until_answering(ip, port)
+        self._progress(95, "Server ready")
+        return ip, port
+
+    async def _start_container(self, info, user: str, settings: BuildSettings):
         create = await self._configured_create_kwargs()
         # Labels let an admin (and the tests) find every server container.
         create["labels"] = {
@@ -295,9 +611,12 @@ class Repo2DockerSpawner(DockerSpawner):
             labels.SERVER_NAME: self.name,
             labels.ENVIRONMENT: info.environment,
         }
-        if owner.uid != settings.user_id:
-            create["user"] = f"{owner.uid}:{owner.gid}"
+        # whatever USER the image ends with
+        create["user"] = user
         self.extra_create_kwargs = create
+        host = hardening.host_config(await self._configured_host_config(), self.pids_limit)
+        host.setdefault("auto_remove", False)
+        self.extra_host_config = host
 
         self._progress(40, f"Starting a container from {info.display_name}")
         try:
@@ -309,10 +628,12 @@ class Repo2DockerSpawner(DockerSpawner):
             ) from e
         except (docker.errors.DockerException, OSError) as e:
             raise SpawnError(503, f"The Docker engine failed to start your server: {e}") from e
-
-        self._progress(70, "Waiting for the server to answer")
-        await self.wait_until_answering(ip, port)
-        self._progress(95, "Server ready")
+        except RuntimeError:
+            # DockerSpawner finds no port when the server exited at once:
+            # say why (its log), not "Failed to get port info"
+            if self.object_id:
+                await self._fail_if_exited()
+            raise
         return ip, port
 
     async def stop(self, now=False):
@@ -322,8 +643,58 @@ class Repo2DockerSpawner(DockerSpawner):
             return
         await super().stop(now=now)
 
-    async def prepare_project(self, info, home: str, project: str, owner):
-        """Seed ``~/<project>`` once from the image; open the server there."""
+    async def run_post_stop_hook(self):
+        # JupyterHub skips stop() when poll() says the server has exited, and
+        # then forgets the container: remove it (and its anonymous volumes).
+        if self.object_id:
+            await self._discard_container()
+        return await maybe_future(super().run_post_stop_hook())
+
+    async def _discard_container(self):
+        try:
+            await self.stop_object()
+        except docker.errors.DockerException:
+            pass  # already gone or already stopped
+        try:
+            await self.remove_object()  # v=True: anonymous volumes go too
+        except docker.errors.DockerException as e:
+            self.log.warning("Could not remove container %s: %s", self.object_id[:12], e)
+            return
+        self.object_id = ""
+
+    def _apply_limits(self, info):
+        # the environment's own limits, else TLJH's (Spawner.mem_limit), else ours;
+        # from the configured values each time, not from the previous start's
+        mem = self._configured("mem_limit")
+        self.mem_limit = info.mem_limit or mem or self.default_mem_limit or None
+        cpu = self._configured("cpu_limit")
+        self.cpu_limit = info.cpu_limit if info.cpu_limit is not None else cpu
+
+    def _configured(self, name: str):
+        """A trait's value as configured, before any start() changed it."""
+        saved = self.__dict__.setdefault("_configured_values", {})
+        if name not in saved:
+            saved[name] = getattr(self, name)
+        return saved[name]
+
+    def get_env(self):
+        env = super().get_env()
+        # the mounted home, also for a uid that the image's passwd lacks
+        env["HOME"] = f"/home/{self.build_settings.user_name}"
+        if (self.user_options or {}).get("project"):
+            # a launch-link server: Binder clients open it with ?token= (a
+            # short-lived token for this one server, from the launch), which
+            # JupyterHub >= 5 ignores unless allowed (issue 9)
+            env["JUPYTERHUB_ALLOW_TOKEN_IN_URL"] = "1"  # noqa: S105 (a switch, not a secret)
+        return env
+
+    async def prepare_project(self, info, home: str, project: str, owner) -> str:
+        """Seed ``~/<project>`` once from the image; its host path.
+
+        The server's root is the project folder whatever is mounted, so the
+        default URL stays the hub's (``/lab``) and paths relative to the
+        repository work from the server's root.
+        """
         user_home = f"/home/{self.build_settings.user_name}"
         target = os.path.join(home, projects.valid_project(project))
         try:
@@ -334,11 +705,31 @@ class Repo2DockerSpawner(DockerSpawner):
                 user_home,
                 target,
                 owner.uid,
-                owner.gid,
+                # the servers' group, not the home's (maybe an admin group)
+                self.build_settings.user_gid,
+                staging_root=projects.staging_root(self.homes_dir),
             )
-        except (docker.errors.DockerException, OSError) as e:
+        except (docker.errors.DockerException, OSError, projects.ProjectError) as e:
             raise SpawnError(500, f"Could not prepare your project folder {project}: {e}") from e
-        self.default_url = f"/lab/tree/{project}"
+        try:
+            folder = os.lstat(target)
+        except OSError as e:
+            raise SpawnError(500, f"Could not prepare your project folder {project}") from e
+        if not stat.S_ISDIR(folder.st_mode) or folder.st_uid != owner.uid:
+            # e.g. a symlink the user's other server put there: never mounted
+            raise SpawnError(
+                409,
+                f"~/{project} is not a folder of yours; rename or remove it to launch here.",
+            )
+        return target
+
+    async def _configured_host_config(self) -> dict:
+        if not hasattr(self, "_admin_host_config"):
+            self._admin_host_config = self.extra_host_config
+        value = self._eval_if_callable(self._admin_host_config)
+        if inspect.isawaitable(value):
+            value = await value
+        return dict(value or {})
 
     async def _configured_create_kwargs(self) -> dict:
         # What the admin configured (a dict or a callable), before start()
@@ -356,20 +747,35 @@ class Repo2DockerSpawner(DockerSpawner):
         client = AsyncHTTPClient()
         deadline = time.monotonic() + self.start_timeout
         next_status_check = 0.0
-        while time.monotonic() < deadline:
-            try:
-                await client.fetch(HTTPRequest(url, request_timeout=2, follow_redirects=False))
-                return
-            except HTTPClientError as e:
-                if e.code != 599:
-                    return  # any real HTTP status means the server is up
-            except OSError:
-                pass
-            now = time.monotonic()
-            if now >= next_status_check:
-                next_status_check = now + 0.5
-                await self._fail_if_exited()
-            await asyncio.sleep(self.ready_poll_interval)
+        attempt = 0
+        Repo2DockerSpawner._starting += 1
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    await fetch_quietly(
+                        client, HTTPRequest(url, request_timeout=2, follow_redirects=False)
+                    )
+                    return
+                except HTTPClientError as e:
+                    if e.code != 599:
+                        return  # any real HTTP status means the server is up
+                except OSError:
+                    pass
+                now = time.monotonic()
+                if now >= next_status_check:
+                    next_status_check = now + 0.5
+                    await self._fail_if_exited()
+                await asyncio.sleep(
+                    ready_poll_delay(
+                        attempt,
+                        Repo2DockerSpawner._starting,
+                        self.ready_poll_interval,
+                        self.ready_poll_max_interval,
+                    )
+                )
+                attempt += 1
+        finally:
+            Repo2DockerSpawner._starting -= 1
         raise SpawnError(504, f"Your server did not answer within {self.start_timeout} s")
 
     async def _fail_if_exited(self):
@@ -383,6 +789,7 @@ class Repo2DockerSpawner(DockerSpawner):
         except docker.errors.DockerException:
             tail = ""
         message = f"Your server exited with code {state.get('ExitCode')} while starting."
+        message += " " + hardening.exit_reason(tail, getattr(self, "_run_as_uid", None))
         if tail:
             message += " Last lines of its log:\n" + tail
         self.log.error("%s: %s", self._log_name, message)

@@ -13,24 +13,27 @@ import logging
 import os
 import secrets
 import signal
+import sys
+import time
 from urllib.parse import urlsplit
 
-import aiodocker
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from sqlalchemy import select
 from tornado import web
 from tornado.httpserver import HTTPServer
-from traitlets import Integer, Unicode, default
-from traitlets.config import Application, Config
+from traitlets import Float, Integer, Unicode, default
+from traitlets.config import Application
 
 from .. import hubconfig, tljhconfig, validation
 from ..assets import STATIC_DIR, jinja_env
 from ..builder import BuildSettings
 from ..catalogue import Catalogue
-from . import api, dockerops, launch, myservers, pages, store
+from . import api, degraded, dockerops, launch, myservers, pages, status, store
 from .builds import BuildManager, Conflict
 from .handlers import SCOPES, ServiceState
+from .health import Health, HealthHandler
 from .hubclient import HubClient
+from .metrics import Metrics, MetricsHandler
 from .models import ListCache
 
 
@@ -72,9 +75,34 @@ class EnvironmentsService(Application):
         20, help="Builds (not counting reused images) a user may start in 24 hours."
     ).tag(config=True)
     service_prefix = Unicode(help="URL prefix of the service (from the hub).").tag(config=True)
+    cors_allow_origin = Unicode(
+        "",
+        help="Origins (e.g. https://example.org, or *) whose pages may call the Binder "
+        "API (build/, versions) from a browser, as BinderHub's cors_allow_origin. "
+        "Empty: only pages of this hub.",
+    ).tag(config=True)
+    binder_service_name = Unicode(
+        "binder",
+        help="Also answer BinderHub's API at /services/<this name>/ (where "
+        "jupyterhub-fancy-profiles looks for it); empty to turn off.",
+    ).tag(config=True)
     bind_url = Unicode(help="Where to listen (from the hub: $JUPYTERHUB_SERVICE_URL).").tag(
         config=True
     )
+    db_busy_timeout = Float(
+        0.5,
+        help="Seconds a write waits for another process's lock on the (SQLite) database "
+        "before the request answers 503; reads never wait.",
+    ).tag(config=True)
+    health_min_free_disk = Unicode(
+        "1G", help="Free disk below which the health check fails (images and homes)."
+    ).tag(config=True)
+    startup_retry_seconds = Float(
+        10.0, help="While the service cannot start (e.g. its database), how often it tries again."
+    ).tag(config=True)
+    health_cache_seconds = Float(
+        5.0, help="How long a passing health check's result is reused."
+    ).tag(config=True)
 
     @default("db_url")
     def _default_db_url(self):
@@ -92,12 +120,21 @@ class EnvironmentsService(Application):
     def _default_bind_url(self):
         return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:15003")
 
+    @property
+    def binder_prefix(self) -> str:
+        """Where the Binder API answers too (launch.routes), or ''."""
+        if not self.binder_service_name:
+            return ""
+        base = os.environ.get("JUPYTERHUB_BASE_URL", "/").rstrip("/")
+        return f"{base}/services/{self.binder_service_name}/"
+
     def load_plugin_settings(self):
         """tljh-config's repo2docker section, under any command-line options."""
         raw = os.environ.get("TLJH_R2D_SETTINGS")
         settings = json.loads(raw) if raw else tljhconfig.load_section()
-        config = Config()
-        for warning in hubconfig.settings_to_config(config, settings):
+        # the same sources as the hub: tljh-config, then jupyterhub_config.d
+        config, warnings = hubconfig.plugin_config(settings, tljhconfig.install_prefix())
+        for warning in warnings:
             self.log.warning(warning)
         config.merge(self.config)  # explicit options win
         # update_config (not assignment to self.config's items) reloads our traits
@@ -128,11 +165,14 @@ class EnvironmentsService(Application):
             access_scopes=SCOPES,
         )
         handlers = [
+            (prefix + "health", HealthHandler),
+            (prefix + "metrics", MetricsHandler),
             (prefix + "oauth_callback", OAuthCallbackHandler),
             *api.routes(prefix + "api/v1"),
-            *launch.routes(prefix),
+            *launch.routes(prefix, self.binder_prefix),
             *myservers.routes(prefix),
             *pages.routes(prefix),
+            *status.routes(prefix),
         ]
         return web.Application(
             handlers,
@@ -149,18 +189,45 @@ class EnvironmentsService(Application):
         super().initialize(argv)
         self.load_plugin_settings()
         self.settings = BuildSettings(config=self.config, parent=self)
-        self.sessions = store.open_store(self.db_url)
+        # settings are checked here: a wrong one is said at once (never retried)
+        self.max_image_disk_bytes = validation.disk_size(self.max_image_disk, "max_image_disk")
+        self.min_free_disk = validation.disk_size(self.health_min_free_disk, "health_min_free_disk")
         self.hub = HubClient(
             os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api"),
             os.environ.get("JUPYTERHUB_API_TOKEN", ""),
         )
+        self.sessions = None
+        self.store_error: Exception | None = None
+        try:
+            self.sessions = self.open_store()
+        except Exception as e:  # run() serves a degraded service and retries
+            self.store_error = e
+            self.log.error("cannot open the database %s: %s", self.db_url, e)
 
-    async def run(self):
-        self.docker = aiodocker.Docker()
+    def open_store(self):
+        return store.open_store(self.db_url, busy_timeout=self.db_busy_timeout)
+
+    def homes_dir(self) -> str:
+        spawner = self.config.get("Repo2DockerSpawner", {})
+        return str(spawner.get("homes_dir", "/home"))
+
+    async def setup(self):
+        """Everything the service needs before it listens; raises when a part
+        is missing (run() then serves 503 with the reason and retries).
+        Docker is not among them: it is connected on first use."""
+        if self.sessions is None:
+            self.sessions = self.open_store()
+        self.docker = dockerops.LazyDocker()
         self.state = ServiceState()
         self.list_cache = ListCache()
         self._adopted = frozenset()
+        self._images_checked = 0.0
+        self._images_refresh = None
+        self.metrics = Metrics()
         self.catalogue = Catalogue(self.settings.hub_name)
+        # one client for the catalogue and the rest: made lazily, so that a
+        # missing Docker fails requests (503), not the start
+        self.catalogue._docker = self.docker
         self.builds = BuildManager(
             self.sessions,
             self.settings,
@@ -172,19 +239,49 @@ class EnvironmentsService(Application):
             max_concurrent_per_user=self.max_concurrent_builds_per_user,
             max_daily_per_user=self.max_daily_builds_per_user,
             max_versions=self.max_versions_per_environment,
-            max_image_disk=validation.disk_size(self.max_image_disk, "max_image_disk"),
+            max_image_disk=self.max_image_disk_bytes,
+            metrics=self.metrics,
+        )
+        self.health = Health(
+            self,
+            ttl=self.health_cache_seconds,
+            min_free_bytes=self.min_free_disk,
+            homes_dir=self.homes_dir(),
         )
         interrupted = await self.builds.recover()
         if interrupted:
             self.log.warning("marked %d builds interrupted by a restart", interrupted)
-        url = urlsplit(self.bind_url)
-        server = HTTPServer(self.make_app(), xheaders=True, max_body_size=api.MAX_BODY)
-        server.listen(url.port or 80, url.hostname or "127.0.0.1")
-        self.log.info("environments service listening on %s%s", self.bind_url, self.service_prefix)
+
+    async def run(self):
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.setup()
+        except Exception as e:
+            self.log.exception("the environments service cannot start")
+
+            async def retry():
+                await self.setup()
+                return True
+
+            message = degraded.describe_startup_failure(self.store_error or e)
+            started = await degraded.serve(
+                self.bind_url,
+                self.service_prefix,
+                message,
+                retry=retry,
+                retry_every=self.startup_retry_seconds,
+                stop=stop,
+            )
+            if not started:
+                return
+            self.log.info("the environments service could start after all")
+        url = urlsplit(self.bind_url)
+        server = HTTPServer(self.make_app(), xheaders=True, max_body_size=api.MAX_BODY)
+        server.listen(url.port or 80, url.hostname or "127.0.0.1")
+        self.log.info("environments service listening on %s%s", self.bind_url, self.service_prefix)
         await stop.wait()
         self.log.info("stopping: cancelling running builds")
         server.stop()
@@ -193,17 +290,42 @@ class EnvironmentsService(Application):
         await self.docker.close()
 
     def start(self):
-        # tornado's access and error logs go where the hub's output goes
-        logging.basicConfig(
-            level=logging.INFO,
-            format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s",
-        )
+        configure_logging()
         asyncio.run(self.run())
 
     # --- Docker state shared by handlers ---------------------------------------
+    async def require_docker(self):
+        """Before a change that needs Docker (creating, building): refuse it
+        with 503 while Docker is unreachable, so that nothing is saved."""
+        try:
+            await self.docker.ping()
+        except Exception as e:
+            raise degraded.Unavailable(degraded.reason(e) or str(e)) from e
+
+    async def _images(self):
+        """Every image of this hub, never older than the catalogue's max_age.
+
+        The catalogue answers from a cache and refreshes it afterwards (good
+        for spawn forms). The service's lists must show what Docker has now:
+        an image the CLI built or an admin removed a moment ago. Requests
+        that arrive together share one Docker call.
+        """
+        if time.monotonic() - self._images_checked <= self.catalogue.max_age:
+            return await self.catalogue.images()
+        if self._images_refresh is None or self._images_refresh.done():
+            self._images_refresh = asyncio.ensure_future(self.catalogue.images(fresh=True))
+            self._images_refresh.add_done_callback(self._images_fetched)
+        return await asyncio.shield(self._images_refresh)
+
+    def _images_fetched(self, task):
+        if not task.cancelled() and task.exception() is None:
+            self._images_checked = time.monotonic()
+
     async def current_images(self) -> dict:
-        """Environment name -> its newest image (from the catalogue cache)."""
-        return {info.environment: info for info in await self.catalogue.environments()}
+        """Environment name -> its newest image (what Docker has now)."""
+        from ..labels import latest_per_environment
+
+        return {info.environment: info for info in latest_per_environment(await self._images())}
 
     async def adopt_images(self):
         """Environments built outside the service (the command line, another
@@ -274,4 +396,33 @@ class EnvironmentsService(Application):
         self.catalogue.invalidate()
 
 
-main = EnvironmentsService.launch_instance
+def configure_logging():
+    # tornado's access and error logs go where the hub's output goes
+    logging.basicConfig(
+        level=logging.INFO,
+        format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s",
+    )
+
+
+def main(argv=None):
+    """Start the service; if even its settings are wrong, start a degraded
+    service that says so (see degraded.py: exiting would take the hub down)."""
+    try:
+        app = EnvironmentsService.instance()
+        app.initialize(argv)
+    except SystemExit as e:
+        if e.code in (0, None):
+            raise  # --help and the like
+        failure = f"invalid command line or settings (exit code {e.code})"
+    except Exception as e:
+        failure = degraded.describe_startup_failure(e)
+    else:
+        app.start()
+        return
+    configure_logging()
+    logging.getLogger("tljh_repo2docker.service").exception("settings failed")
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/environments/")
+    bind_url = os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:15003")
+    message = failure + "; fix the settings and restart the hub (tljh-config reload hub)"
+    asyncio.run(degraded.serve(bind_url, prefix, message))
+    sys.exit(0)
