@@ -16,6 +16,7 @@ from .hubprocess import HubProcess, hub_settings_for, missing_tools
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "docker: needs the Docker engine (run for real in CI)")
+    config.addinivalue_line("markers", "tljh: a real TLJH install in a systemd container")
 
 
 @pytest.fixture(scope="session")

@@ -299,7 +299,11 @@ def test_docker_missing_refuses_a_creation_and_saves_nothing(hub, admin_token, g
         assert "Docker" in r.json()["message"]
         listing = service.get("api/v1/environments", admin_token)
         assert listing.status_code == 503 and "Docker" in listing.json()["message"]
+        page = service.get("", admin_token)
+        assert "Docker" in page.text
         assert service.alive()
+        # a 503 is an answer, not a crash: no traceback in the service's log
+        assert "Traceback" not in service.log_path.read_text(errors="replace")
         forwarder.on()  # Docker is back: no restart needed
         r = create(service, admin_token, name, f"file://{git_repo}")
         assert r.status_code == 201, r.text  # not 409: nothing was saved before

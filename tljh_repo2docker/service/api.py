@@ -12,6 +12,7 @@ import json
 from sqlalchemy import select
 from tornado import web
 from tornado.iostream import StreamClosedError
+from tornado.log import app_log
 
 from . import degraded, store
 from . import operations as ops
@@ -51,7 +52,7 @@ class APIHandler(BaseHandler):
             return  # a refusal, already answered with its message
         if degraded.reason(value):
             # a missing part (Docker, a locked database): answered 503 with why
-            self.log.warning("503 %s: %s", self.request.path, value)
+            app_log.warning("503 %s: %s", self.request.path, value)
             return
         super().log_exception(typ, value, tb)
 

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from sqlalchemy import func, select
 from tornado import web
+from tornado.log import app_log
 
 from .. import access, assets, validation
 from . import degraded, store
@@ -239,7 +240,7 @@ class PageHandler(BaseHandler):
         if typ is ops.NotFound:
             return
         if degraded.reason(value):
-            self.log.warning("503 %s: %s", self.request.path, value)
+            app_log.warning("503 %s: %s", self.request.path, value)
             return
         super().log_exception(typ, value, tb)
 
