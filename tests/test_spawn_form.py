@@ -188,3 +188,36 @@ def test_the_delay_stays_within_its_bounds():
         for starting in (0, 1, 7, 10_000):
             delay = ready_poll_delay(attempt, starting, 0.01, 0.5)
             assert 0.01 <= delay <= 0.5
+
+
+def test_the_catalogue_never_serves_a_listing_from_long_ago(monkeypatch):
+    """Stale-while-revalidate keeps busy pickers fast, but after a quiet spell
+    the first picker asks Docker first: a listing older than ``max_stale`` is
+    never shown (before, it was, until the next reload)."""
+    import asyncio
+
+    from tljh_repo2docker import catalogue as catalogue_module
+
+    fetched = []
+    cat = catalogue_module.Catalogue("h", max_age=0.5, max_stale=5)
+
+    async def fake_fetch():
+        fetched.append(now[0])
+        cat._images = [f"listing at {now[0]}"]
+        cat._fetched_at = now[0]
+        return cat._images
+
+    now = [100.0]
+    monkeypatch.setattr(catalogue_module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(cat, "_fetch", fake_fetch)
+
+    async def scenario():
+        assert await cat.images() == ["listing at 100.0"]
+        now[0] = 101.0  # a second later: served at once, refreshed behind
+        assert await cat.images() == ["listing at 100.0"]
+        await asyncio.sleep(0)
+        now[0] = 200.0  # after a quiet spell: fresh before it answers
+        assert await cat.images() == ["listing at 200.0"]
+
+    asyncio.run(scenario())
+    assert fetched[0] == 100.0 and fetched[-1] == 200.0

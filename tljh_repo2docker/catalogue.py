@@ -23,9 +23,19 @@ class DockerUnavailable(RuntimeError):
 
 
 class Catalogue:
-    def __init__(self, hub_name: str, max_age: float = 0.5, docker_url: str | None = None):
+    def __init__(
+        self,
+        hub_name: str,
+        max_age: float = 0.5,
+        docker_url: str | None = None,
+        max_stale: float = 5.0,
+    ):
         self.hub_name = hub_name
         self.max_age = max_age
+        # A listing older than this is never served: after a quiet spell the
+        # first picker would otherwise show the catalogue of long ago (a new
+        # environment missing, a shared one gone) until the next reload.
+        self.max_stale = max(max_stale, max_age)
         self._docker_url = docker_url
         self._docker: aiodocker.Docker | None = None
         self._images: list[ImageInfo] | None = None
@@ -65,9 +75,10 @@ class Catalogue:
 
     async def images(self, fresh: bool = False) -> list[ImageInfo]:
         """Every labelled image of this hub (all builds of all environments)."""
-        if self._images is None or fresh:
+        age = time.monotonic() - self._fetched_at
+        if self._images is None or fresh or age > self.max_stale:
             return await self._fetch()
-        if time.monotonic() - self._fetched_at > self.max_age:
+        if age > self.max_age:
             if self._refresh is None or self._refresh.done():
                 self._refresh = asyncio.ensure_future(self._fetch())
                 self._refresh.add_done_callback(_ignore_errors)
