@@ -58,6 +58,8 @@ LIST_P95 = 0.020
 LAG_P99 = 0.020
 LOG_P95 = 0.100
 CACHED_MEDIAN = 0.500
+HEALTH_P95 = 0.050
+METRICS_P95 = 0.100
 
 
 # --- small helpers -------------------------------------------------------------------
@@ -608,6 +610,28 @@ def timed_gets(session, url, headers, n, expect=None) -> tuple[list[float], int]
     return times, size
 
 
+def health_and_metrics(b: Bench, n_requests: int) -> dict:
+    """/health (anonymous), /metrics (the admin's token) and the hub's own
+    GET /hub/api/user as the baseline, interleaved, after a warm-up."""
+    service = b.proxy_base + "/services/environments"
+    plan = {
+        "health": (service + "/health", {}, (200, 503)),
+        "metrics": (service + "/metrics", b.headers, (200,)),
+        "hub": (b.proxy_base + "/hub/api/user", b.headers, (200,)),
+    }
+    times = {k: [] for k in plan}
+    for i in range(n_requests + 3):
+        for key, (url, headers, ok) in plan.items():
+            t = time.perf_counter()
+            r = b.proxy.get(url, headers=headers, timeout=60)
+            elapsed = time.perf_counter() - t
+            if r.status_code not in ok:
+                raise RuntimeError(f"GET {url}: {r.status_code} {r.text[:300]}")
+            if i >= 3:
+                times[key].append(elapsed)
+    return times
+
+
 def listing(b: Bench, n_requests: int, expect: int, exact: bool = True) -> dict:
     """Interleaved: the hub's GET /hub/api/user, the listing through the proxy, and direct."""
     urls = {
@@ -941,6 +965,31 @@ def main() -> int:
         )
         show_slow(loop_log, list_lo, list_hi, "during these requests")
         rss_listed = rss_kib(spid)
+
+        # ---- 1a. health and metrics -------------------------------------------------------
+        log()
+        log(
+            f"1a. GET /health (no login) and /metrics (read:metrics token) at "
+            f"{args.environments} environments, through the proxy, interleaved with the "
+            "hub's GET /hub/api/user"
+        )
+        times_hm = health_and_metrics(b, args.requests)
+        log(f"    /health:                     {dist(times_hm['health'])}")
+        log(f"    /metrics:                    {dist(times_hm['metrics'])}")
+        log(f"    baseline GET /hub/api/user:  {dist(times_hm['hub'])}")
+        for key, target in (("health", HEALTH_P95), ("metrics", METRICS_P95)):
+            p95 = quantile(times_hm[key], 0.95)
+            log(
+                f"  /{key} p95 {fmt_ms(p95)} ms, {ratio(p95, quantile(times_hm['hub'], 0.95))} "
+                f"of the baseline; target < {target * 1000:g} ms: {verdict(p95, target)}"
+            )
+            summary.append(
+                (
+                    f"/{key} at {args.environments} environments, p95",
+                    fmt_ms(p95) + " ms",
+                    verdict(p95, target),
+                )
+            )
 
         # ---- environments built for real --------------------------------------------------
         log()
