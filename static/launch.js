@@ -15,6 +15,33 @@
   var order = ["waiting", "fetching", "building", "built", "launching", "ready"];
   var reached = {};
   var last = null;
+  // how far along each phase is, for the progress bar; a build moves it on
+  // slowly with its log lines, since its length is not known in advance
+  var progressAt = { waiting: 5, fetching: 15, building: 25, built: 75, launching: 85, ready: 100 };
+  var bar = document.getElementById("launch-progress-bar");
+  var barBox = document.getElementById("launch-progress");
+  var elapsed = document.getElementById("launch-elapsed");
+  var slow = document.getElementById("launch-slow");
+  var title = document.title;
+  var started = Date.now();
+  var SLOW_AFTER = 45;  // seconds: a launch of a built image takes a few
+  var clock = window.setInterval(function () {
+    var seconds = Math.round((Date.now() - started) / 1000);
+    if (elapsed) elapsed.textContent = seconds + " s";
+    if (slow && seconds >= SLOW_AFTER) slow.classList.remove("d-none");
+  }, 1000);
+
+  function progress(value) {
+    if (!bar) return;
+    var now = Number(barBox.getAttribute("aria-valuenow")) || 0;
+    value = Math.max(now, Math.min(100, Math.round(value)));
+    bar.style.width = value + "%";  // CSSOM, which the page's CSP allows
+    barBox.setAttribute("aria-valuenow", String(value));
+  }
+  function stopClock() {
+    window.clearInterval(clock);
+    if (slow) slow.classList.add("d-none");
+  }
 
   function badge(phase) {
     return document.querySelector('#phases [data-phase="' + phase + '"]');
@@ -27,7 +54,13 @@
     last = phase;
     var item = badge(phase);
     if (item) item.className = "list-inline-item badge text-bg-primary";
+    document.querySelectorAll("#phases [aria-current]").forEach(function (el) {
+      el.removeAttribute("aria-current");
+    });
+    if (item) item.setAttribute("aria-current", "step");
     document.body.dataset.phase = phase;
+    document.title = phase + " \u00b7 " + title;  // the status in the tab
+    progress(progressAt[phase]);
   }
   function addToLog(text) {
     if (!text) return;
@@ -35,9 +68,22 @@
     log.appendChild(document.createTextNode(text));
     log.scrollTop = log.scrollHeight;
   }
+  function lastErrorLine() {
+    var lines = log.textContent.split("\n");
+    for (var i = lines.length - 1; i >= 0; i--) {
+      var line = lines[i].trim();
+      if (/^error\b/i.test(line) && !/^Error during build: Command/.test(line)) {
+        return line.length > 400 ? line.slice(0, 400) + "\u2026" : line;
+      }
+    }
+    return "";
+  }
   function fail(text) {
     source.close();
+    stopClock();
     document.body.dataset.phase = "failed";
+    document.title = "failed \u00b7 " + title;
+    if (bar) bar.classList.add("bg-danger");
     // the step that failed: the one after the last reached, in red
     var next = last === null ? order[0] : order[Math.min(order.indexOf(last) + 1, order.length - 1)];
     var item = badge(next);
@@ -47,6 +93,10 @@
       item.setAttribute("aria-label", next + ": failed");
     }
     errorText.textContent = (text || "").trim();
+    // the build's own last error line, the one that says what went wrong
+    // (not the long command line repo2docker prints after it)
+    var detail = document.getElementById("launch-error-detail");
+    if (detail) detail.textContent = lastErrorLine();
     errorBox.classList.remove("d-none");
     message.textContent = "";
     if (log.textContent) {
@@ -76,12 +126,16 @@
     if (data.phase === "building") {
       logBox.open = true;
       addToLog(data.message);
+      // each log line moves the bar a little, never past "built"
+      var now = Number(barBox && barBox.getAttribute("aria-valuenow")) || 25;
+      progress(now + (74 - now) * 0.02);
     } else {
       addToLog(data.message);
       message.textContent = data.message;
     }
     if (data.phase === "ready" && data.url) {
       source.close();
+      stopClock();
       window.location.href = serverUrl(data);
     }
   };

@@ -10,6 +10,7 @@ Screenshots: ui-tests/screenshots/NN-launch-*.png (used by docs/design.md).
 
 from __future__ import annotations
 
+import re
 import time
 from urllib.parse import quote
 
@@ -103,6 +104,13 @@ def test_a_launch_link_builds_and_opens_the_file(
     # the launch page shows Binder's phases and the build log
     page.wait_for_selector("body[data-phase]", timeout=60_000)
     expect(page.locator("h1")).to_contain_text("Launching")
+    # a wait shows progress: the bar, the seconds, the step in the tab title
+    # and as the current step for screen readers
+    expect(page.locator("#launch-progress")).to_be_visible()
+    expect(page.locator("#launch-elapsed")).to_have_text(re.compile(r"^\d+ s$"))
+    phase = page.evaluate("document.body.dataset.phase")
+    assert page.title().split(" ")[0] in ("waiting", "fetching", "building", "built", "launching")
+    assert page.locator("#phases [aria-current=step]").count() == 1, phase
     # the launch page says the same as the question: the project folder only
     expect(page.locator("main, body").first).to_contain_text(f"only the project folder ~/{server}")
     screenshot(page, "launch-building")
@@ -168,6 +176,9 @@ def test_a_failed_launch_says_why_first_then_shows_the_log(hub, new_context, scr
     error = page.locator("#launch-error")
     expect(error).to_be_visible()
     expect(error).to_contain_text("Build failed")
+    # with the build's own last error line, not the command line after it
+    expect(page.locator("#launch-error-detail")).to_contain_text("exit code: 3")
+    expect(page.locator("#launch-error-detail")).not_to_contain_text("docker")
     # the summary comes before the log, and the log is open below it
     box = page.locator("#launch-log-box")
     assert error.bounding_box()["y"] < box.bounding_box()["y"]
@@ -185,4 +196,7 @@ def test_a_failed_launch_says_why_first_then_shows_the_log(hub, new_context, scr
     assert "text-bg-danger" in classes["built"]
     for later in ("launching", "ready"):
         assert "text-bg-light" in classes[later]
+    # the tab says so too, the clock stopped, and the bar turned red
+    assert page.title().startswith("failed")
+    expect(page.locator("#launch-progress-bar")).to_have_class(re.compile("bg-danger"))
     screenshot(page, "launch-failed")
