@@ -20,6 +20,17 @@ globalThis.document = {
 const { BinderRepository } = await import("@jupyterhub/binderhub-client/client.js");
 const { LaunchSpec } = await import("@jupyterhub/binderhub-client/spec.js");
 
+// After close(), a message already on its way makes the client throw
+// EventStreamClose from a callback nobody awaits. A browser logs that and
+// carries on; node would end the process, so do what the browser does.
+process.on("unhandledRejection", (err) => {
+  if (err && (err.name === "EventStreamClose" || String(err).includes("EventStreamClose"))) {
+    console.error("ignored after close (as a browser does):", String(err));
+    return;
+  }
+  throw err;
+});
+
 const args = JSON.parse(process.argv[2]);
 // the client logs to the console too: our lines are the ones marked "@@ "
 const print = (obj) => process.stdout.write("@@ " + JSON.stringify(obj) + "\n");

@@ -312,6 +312,7 @@ class BuildEvents(APIHandler):
         build_only = self.get_argument("build_only", "").lower() in ("1", "true", "yes")
         self._closed = asyncio.Event()
         keepalive = asyncio.ensure_future(self.keep_alive())
+        hold = False  # a client that went away before run() answered: nothing to hold
         try:
             hold = await self.run(spec, build_only)
         except StreamClosedError:
