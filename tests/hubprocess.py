@@ -173,6 +173,24 @@ class HubProcess:
             method, f"{self.url}/hub/api{path}", headers=headers, timeout=60, **kwargs
         )
 
+    def build_environment(
+        self, name: str, repo: str, ref: str, token: str, timeout: float = 300
+    ) -> dict:
+        """Create ``name`` through the service's API and wait for its first
+        build to end; returns that build's model (the caller checks it)."""
+        r = self.service_api(
+            "POST", "/environments", token, json={"name": name, "repo": repo, "ref": ref}
+        )
+        assert r.status_code == 201, r.text
+        build_id = r.json()["latest_build"]["id"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            build = self.service_api("GET", f"/environments/{name}/builds/{build_id}", token).json()
+            if build["status"] not in ("queued", "running"):
+                break
+            time.sleep(0.5)
+        return build
+
     def user_token(self, name: str) -> str:
         self.api("POST", f"/users/{name}")  # 201, or 409 when it exists
         r = self.api("POST", f"/users/{name}/tokens", json={"note": "test"})

@@ -42,20 +42,7 @@ def hub(docker_ready, tmp_path_factory, hub_name, hub_settings, request):
 @pytest.fixture(scope="module")
 def built(hub, git_repo):
     admin = hub.user_token("admin")
-    r = hub.service_api(
-        "POST",
-        "/environments",
-        admin,
-        json={"name": "demo", "repo": f"file://{git_repo}", "ref": "v1"},
-    )
-    assert r.status_code == 201, r.text
-    build_id = r.json()["latest_build"]["id"]
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        build = hub.service_api("GET", f"/environments/demo/builds/{build_id}", admin).json()
-        if build["status"] not in ("queued", "running"):
-            break
-        time.sleep(0.5)
+    build = hub.build_environment("demo", f"file://{git_repo}", "v1", admin)
     assert build["status"] == "succeeded", build
     for user in ("alice", "bob", "mallory"):
         hub.api("POST", f"/users/{user}")

@@ -5,7 +5,6 @@ starts (read from the spawner's records), escaped."""
 from __future__ import annotations
 
 import re
-import time
 from datetime import date, datetime
 
 import pytest
@@ -20,20 +19,7 @@ HOSTILE = "<img src=x onerror=alert(1)>"
 def activity(hub, git_repo):
     # built through the service, so that the build is in its database
     admin = hub.user_token("admin")
-    r = hub.service_api(
-        "POST",
-        "/environments",
-        admin,
-        json={"name": "demo", "repo": f"file://{git_repo}", "ref": "v1"},
-    )
-    assert r.status_code == 201, r.text
-    build_id = r.json()["latest_build"]["id"]
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        build = hub.service_api("GET", f"/environments/demo/builds/{build_id}", admin).json()
-        if build["status"] not in ("queued", "running"):
-            break
-        time.sleep(0.5)
+    build = hub.build_environment("demo", f"file://{git_repo}", "v1", admin)
     assert build["status"] == "succeeded", build
     # one refused start (a name nobody built, hostile) and one that works
     for user in ("mallory", "alice"):

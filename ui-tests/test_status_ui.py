@@ -6,8 +6,6 @@ Screenshots: ui-tests/screenshots/NN-admin-status{,-dark,-phone}.png.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from playwright.sync_api import expect
 from test_ui import login
@@ -19,21 +17,8 @@ pytestmark = pytest.mark.docker
 def activity(hub, git_repo):
     """A build, a start and a refused start: every section has something."""
     admin = hub.user_token("admin")
-    r = hub.service_api(
-        "POST",
-        "/environments",
-        admin,
-        json={"name": "status-demo", "repo": f"file://{git_repo}", "ref": "main"},
-    )
-    assert r.status_code == 201, r.text
-    build_id = r.json()["latest_build"]["id"]
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        build = hub.service_api("GET", f"/environments/status-demo/builds/{build_id}", admin)
-        if build.json()["status"] not in ("queued", "running"):
-            break
-        time.sleep(0.5)
-    assert build.json()["status"] == "succeeded", build.text
+    build = hub.build_environment("status-demo", f"file://{git_repo}", "main", admin)
+    assert build["status"] == "succeeded", build
     for user in ("alice", "mallory"):
         hub.api("POST", f"/users/{user}")
     r = hub.api("POST", "/users/mallory/server", json={"environment": "no-such-env"})
