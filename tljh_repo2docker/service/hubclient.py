@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from urllib.parse import quote
 
@@ -37,28 +36,6 @@ class HubClient:
         if code != 200 or not model:
             return None
         return (model.get("servers") or {}).get(server_name)
-
-    async def start_server(
-        self, user: str, server_name: str, options: dict, timeout: float = 300
-    ) -> dict:
-        """Start (or find running) the named server; return its model once ready."""
-        path = f"/users/{quote(user, safe='')}/servers/{quote(server_name, safe='')}"
-        current = await self.server(user, server_name)
-        if current is None or not (current.get("ready") or current.get("pending")):
-            code, body = await self.request("POST", path, options)
-            if code not in (201, 202, 400):
-                raise RuntimeError((body or {}).get("message") or f"the hub answered {code}")
-            if code == 400 and "already" not in ((body or {}).get("message") or ""):
-                raise RuntimeError((body or {}).get("message") or "the hub refused")
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline:
-            current = await self.server(user, server_name)
-            if current is None:
-                raise RuntimeError("the server failed to start; see the hub's home page")
-            if current.get("ready"):
-                return current
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"the server did not start within {timeout:g} s")
 
     async def stop_server(self, user: str, server_name: str = "") -> int:
         path = f"/users/{quote(user, safe='')}/server"
