@@ -24,7 +24,8 @@ const { LaunchSpec } = await import("@jupyterhub/binderhub-client/spec.js");
 // EventStreamClose from a callback nobody awaits. A browser logs that and
 // carries on; node would end the process, so do what the browser does.
 process.on("unhandledRejection", (err) => {
-  if (err && (err.name === "EventStreamClose" || String(err).includes("EventStreamClose"))) {
+  // the client's class doesn't set .name (it stays "Error"): match the class
+  if (err && err.constructor && err.constructor.name === "EventStreamClose") {
     console.error("ignored after close (as a browser does):", String(err));
     return;
   }
