@@ -327,3 +327,23 @@ def test_build_time_labels_never_tie_in_one_process():
     stamps = [utcnow_iso() for _ in range(2000)]
     keys = [labels.built_at_key(s) for s in stamps]
     assert all(a < b for a, b in zip(keys, keys[1:], strict=False))
+
+
+@pytest.mark.parametrize("copy_files", [True, False])
+def test_round_trip_copy_files(copy_files):
+    made = labels.make_labels(**label_args(copy_files=copy_files))
+    assert made[labels.COPY_FILES] == ("true" if copy_files else "false")
+    [info] = labels.parse_image(summary(made), HUB)
+    assert info.copy_files is copy_files
+
+
+@pytest.mark.parametrize("value", [None, "", "yes", "TRUE"])
+def test_images_without_a_clear_false_copy_files(value):
+    # images built before the setting existed (no label) copy, as new ones do
+    made = labels.make_labels(**label_args())
+    if value is None:
+        del made[labels.COPY_FILES]
+    else:
+        made[labels.COPY_FILES] = value
+    [info] = labels.parse_image(summary(made), HUB)
+    assert info.copy_files is True

@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from tljh_repo2docker import projects
+from tljh_repo2docker import projects, validation
 
 
 @pytest.mark.parametrize(
@@ -278,3 +278,50 @@ def test_pinned_folder_gives_back_what_an_interrupted_start_left(tmp_path):
     with projects.pinned_folder(str(home / "proj"), 1000, staging) as source:
         assert source == parked
     assert (home / "proj").is_dir()
+
+
+@needs_root
+def test_skip_empty_makes_no_folder_for_an_image_with_nothing_to_copy(tmp_path):
+    homes, home = user_home(tmp_path)
+    client = FakeDocker({"jovyan": None, "jovyan/.bashrc": "x", "jovyan/.cache": None})
+    target = str(home / "course")
+    assert (
+        projects.seed_project(client, "img", "/home/jovyan", target, 1000, 100, skip_empty=True)
+        is False
+    )
+    assert not os.path.lexists(target)
+    assert client.removed == ["fake"]
+    # nothing half-made left in the staging folder either
+    assert os.listdir(homes / projects.STAGING_DIR) == []
+    # without skip_empty (a launch's project folder): an empty folder
+    assert projects.seed_project(client, "img", "/home/jovyan", target, 1000, 100) is True
+    assert os.listdir(target) == []
+
+
+@pytest.mark.parametrize(
+    "default_url, expected",
+    [
+        ("", "/lab/tree/course"),
+        ("/lab", "/lab/tree/course"),
+        ("/lab/", "/lab/tree/course"),
+        ("/tree", "/tree/course"),
+        ("/tree/", "/tree/course"),
+        # an admin's own app or page stays as it is
+        ("/rstudio", None),
+        ("/voila", None),
+        ("/lab/tree/welcome.ipynb", None),
+    ],
+)
+def test_course_landing_opens_the_folder_in_the_hubs_app(default_url, expected):
+    assert projects.course_landing(default_url, "course") == expected
+
+
+@pytest.mark.parametrize("name", ["course", "data-101", "py.2026_a"])
+def test_course_folders_are_the_environment_name(name):
+    assert projects.course_folder(name) == name
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "..", "a/b", "A", "a..b", "x" * 64])
+def test_course_folders_are_never_paths_or_hidden(name):
+    with pytest.raises(validation.InvalidInput):
+        projects.course_folder(name)

@@ -127,3 +127,20 @@ def test_consent_is_remembered_once_per_user_and_repository(tmp_path):
         db.add(store.LaunchConsent(username="alice", key_hash="h1", repo_key=key))
         with pytest.raises(IntegrityError):
             db.commit()
+
+
+def test_upgrade_to_version_5_copies_files_for_existing_environments(tmp_path):
+    url = f"sqlite:///{tmp_path}/v4.sqlite"
+    engine = store.make_engine(url)
+    assert store.migrate(engine, store.MIGRATIONS[:4]) == 4
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO environments (name, display_name, repo, ref, created_by,"
+                " created_at, updated_at) VALUES ('course', 'Course', 'https://x/y', 'main',"
+                " 'admin', '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+            )
+        )
+    assert store.migrate(engine) == len(store.MIGRATIONS) >= 5
+    with store.open_store(url)() as db:
+        assert store.find_environment(db, "course").copy_files is True

@@ -160,6 +160,7 @@ class BuildRequest:
     built_by: str = ""
     owner: str = ""
     visibility: str = "public"
+    copy_files: bool = True
     build_args: tuple[tuple[str, str], ...] = ()
     # an administrator asked for it: local repositories and any base image
     trusted: bool = False
@@ -287,6 +288,7 @@ def repo2docker_argv(
         built_at=built_at,
         owner=request.owner,
         visibility=request.visibility,
+        copy_files=request.copy_files,
     )
     for key, value in image_labels.items():
         argv += ["--label", f"{key}={value}"]

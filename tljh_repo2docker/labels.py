@@ -24,6 +24,8 @@ BUILT_BY = PREFIX + "built_by"
 BUILT_AT = PREFIX + "built_at"
 OWNER = PREFIX + "owner"
 VISIBILITY = PREFIX + "visibility"
+# "false": picker starts leave the home as it is (no course folder)
+COPY_FILES = PREFIX + "copy_files"
 # on server containers
 SERVER = PREFIX + "server"
 USER = PREFIX + "user"
@@ -49,6 +51,8 @@ class ImageInfo:
     built_at: str = ""
     owner: str = ""
     visibility: str = "public"
+    # picker starts copy the image's home files once into ~/<environment>
+    copy_files: bool = True
     size: int = 0
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -92,6 +96,7 @@ def make_labels(
     built_at: str,
     owner: str = "",
     visibility: str = "public",
+    copy_files: bool = True,
 ) -> dict[str, str]:
     labels = {
         MANAGED: "true",
@@ -107,8 +112,13 @@ def make_labels(
         BUILT_AT: built_at,
         OWNER: owner,
         VISIBILITY: visibility,
+        COPY_FILES: format_bool(copy_files),
     }
     return labels
+
+
+def format_bool(value: bool) -> str:
+    return "true" if value else "false"
 
 
 def parse_image(summary: dict, hub: str) -> list[ImageInfo]:
@@ -147,6 +157,8 @@ def parse_image(summary: dict, hub: str) -> list[ImageInfo]:
             built_at=labels.get(BUILT_AT, ""),
             owner=labels.get(OWNER, ""),
             visibility=labels.get(VISIBILITY, "public") or "public",
+            # images built before the setting existed copy too (the default)
+            copy_files=labels.get(COPY_FILES, "true") != "false",
             size=int(summary.get("Size") or 0),
         )
         for tag in tags

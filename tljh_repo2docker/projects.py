@@ -27,6 +27,8 @@ import stat
 import tarfile
 import tempfile
 
+from . import validation
+
 PROJECT_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 # Landing paths whose next part is a path inside the server's root folder.
 _PATH_PREFIXES = ("lab/tree/", "tree/", "notebooks/", "voila/render/", "doc/tree/")
@@ -82,6 +84,25 @@ def landing_path(path: str, project: str) -> str:
     return path  # e.g. "lab" or a server extension's own URL
 
 
+def course_folder(environment: str) -> str:
+    """The home folder a picker start copies an environment's files into:
+    its name (lowercase letters, digits and single '.', '_' or '-' between
+    them, so never hidden, never '..', never a path)."""
+    return validation.environment_name(environment)
+
+
+def course_landing(default_url: str, folder: str) -> str | None:
+    """Where a picker start opens so that the course folder shows: the hub's
+    default app, in that folder. None for an app with no folder view of its
+    own (an admin's ``/rstudio``, ``/voila``): its default URL stays."""
+    app = (default_url or "/lab").rstrip("/") or "/lab"
+    if app == "/lab":
+        return f"/lab/tree/{folder}"
+    if app == "/tree":  # Notebook 7 and the classic notebook
+        return f"/tree/{folder}"
+    return None  # another app, or a page the admin chose to open: kept
+
+
 def members_to_seed(members: list[tarfile.TarInfo], root: str) -> list[tarfile.TarInfo]:
     """The archive of the image's home, re-rooted: ``root/x`` -> ``x``.
 
@@ -112,6 +133,7 @@ def seed_project(
     uid: int,
     gid: int,
     staging_root: str | None = None,
+    skip_empty: bool = False,
 ):
     """Copy ``home_in_image`` of ``image`` into ``target`` (which must not exist).
 
@@ -120,7 +142,8 @@ def seed_project(
     homes' file system; default: ``<homes_dir>/.tljh-repo2docker``), where no
     user can reach it, then moved to ``target`` at once. An interrupted seed
     leaves nothing half-made in the home; an existing ``target`` (folder,
-    file or link) is never touched, followed or replaced. True if seeded.
+    file or link) is never touched, followed or replaced. With ``skip_empty``
+    an image with nothing to copy makes no folder. True if seeded.
     """
     if os.path.lexists(target):
         return False
@@ -137,7 +160,10 @@ def seed_project(
             try:
                 with tarfile.open(fileobj=buf) as tar:
                     root = os.path.basename(home_in_image.rstrip("/"))
-                    for member in members_to_seed(tar.getmembers(), root):
+                    members = members_to_seed(tar.getmembers(), root)
+                    if skip_empty and not members:
+                        return False
+                    for member in members:
                         tar.extract(member, staging, set_attrs=False, **_SAFE_EXTRACT)
                         path = os.path.join(staging, member.name)
                         # the owner may read and write; execute bits as in the image

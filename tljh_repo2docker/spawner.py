@@ -63,6 +63,21 @@ _catalogues: dict[tuple[str, float], Catalogue] = {}
 _templates = jinja_env()
 
 
+# images whose home has nothing to copy (a picker start asks Docker once)
+_NOTHING_TO_COPY: set[str] = set()
+
+
+def _kind(path: str) -> str | None:
+    """What is at ``path``: "folder", "other" (a file, a link) or None; never follows links."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "other"  # unreadable: neither copied into nor opened
+    return "folder" if stat.S_ISDIR(mode) else "other"
+
+
 def shared_catalogue(hub_name: str, max_age: float) -> Catalogue:
     """One catalogue (and one cache) per hub process, shared by all spawners."""
     key = (hub_name, max_age)
@@ -567,8 +582,11 @@ class Repo2DockerSpawner(DockerSpawner):
         mount_point = f"/home/{settings.user_name}"
         self.volumes = {path: {"bind": mount_point, "mode": "rw"}}
         self.notebook_dir = self._configured("notebook_dir")
+        self.default_url = self._configured("default_url")
         project = options.get("project")
         only_project = None
+        if not project and info.copy_files:
+            await self.open_course_folder(info, path, owner)
         if project and settings.project_folders:
             self._progress(30, "Preparing your project folder")
             folder = await self.prepare_project(info, path, project, owner)
@@ -687,6 +705,36 @@ class Repo2DockerSpawner(DockerSpawner):
             # JupyterHub >= 5 ignores unless allowed (issue 9)
             env["JUPYTERHUB_ALLOW_TOKEN_IN_URL"] = "1"  # noqa: S105 (a switch, not a secret)
         return env
+
+    async def open_course_folder(self, info, home: str, owner):
+        """A picker start: copy the environment's files once into
+        ``~/<environment>`` and open that folder (issue 11). The home stays
+        whole; a folder already there (the user's own copy) is never touched.
+        A copy that fails costs the folder, not the server."""
+        folder = projects.course_folder(info.environment)
+        target = os.path.join(home, folder)
+        if info.image_id not in _NOTHING_TO_COPY and _kind(target) is None:
+            self._progress(30, f"Copying the files of {info.display_name} into ~/{folder}")
+            try:
+                seeded = await asyncio.to_thread(
+                    projects.seed_project,
+                    self.client,
+                    info.image,
+                    f"/home/{self.build_settings.user_name}",
+                    target,
+                    owner.uid,
+                    self.build_settings.user_gid,
+                    staging_root=projects.staging_root(self.homes_dir),
+                    skip_empty=True,
+                )
+            except (docker.errors.DockerException, OSError, projects.ProjectError) as e:
+                self.log.warning("%s: could not copy into ~/%s: %s", self._log_name, folder, e)
+                return
+            if not seeded and _kind(target) is None:
+                _NOTHING_TO_COPY.add(info.image_id)  # ask Docker once per image
+        landing = projects.course_landing(self.default_url, folder)
+        if landing and _kind(target) == "folder":
+            self.default_url = landing
 
     async def prepare_project(self, info, home: str, project: str, owner) -> str:
         """Seed ``~/<project>`` once from the image; its host path.

@@ -213,6 +213,7 @@ class BuildManager:
             build_args=tuple(sorted(json.loads(environment.build_args or "{}").items())),
             owner=environment.owner,
             visibility=environment.visibility,
+            copy_files=environment.copy_files,
             # an admin's build: local repositories and any base image
             trusted=exempt,
             archive_version=archive_version,

@@ -69,6 +69,7 @@ def environment_model(service, env, latest, current, servers) -> dict:
         "build_args": json.loads(env.build_args or "{}"),
         "owner": env.owner or None,
         "visibility": env.visibility,
+        "copy_files": bool(env.copy_files),
         "created_by": env.created_by,
         # launch-made: who caused it (it counts in their quota); promoted: in pickers
         "launched_by": env.launched_by or None,

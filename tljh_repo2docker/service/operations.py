@@ -27,6 +27,7 @@ CREATE_FIELDS = {
     "cpu_limit",
     "build_args",
     "visibility",
+    "copy_files",
 }
 CREDENTIAL_FIELDS = {"username", "token"}
 UPDATE_FIELDS = {
@@ -37,6 +38,7 @@ UPDATE_FIELDS = {
     "build_args",
     "visibility",
     "promoted",
+    "copy_files",
 }
 
 __all__ = ["Conflict", "Forbidden", "InvalidInput", "NotFound", "QuotaExceeded"]
@@ -54,6 +56,13 @@ def check_fields(data: dict, allowed: set[str]):
     unknown = set(data) - allowed
     if unknown:
         raise InvalidInput("body", "unknown fields: " + ", ".join(sorted(unknown))[:200])
+
+
+def boolean_field(data: dict, name: str, default: bool) -> bool:
+    value = data.get(name, default)
+    if not isinstance(value, bool):
+        raise InvalidInput(name, "must be true or false")
+    return value
 
 
 def credentials_from(data: dict) -> Credentials | None:
@@ -141,6 +150,7 @@ def create_environment(service, db, data: dict, username: str, admin: bool = Tru
         created_by=username,
         owner="" if admin else username,
         visibility=visibility,
+        copy_files=boolean_field(data, "copy_files", default=True),
     )
     db.add(env)
     db.flush()
@@ -176,10 +186,12 @@ async def update_environment(service, db, env: store.Environment, data: dict, ad
         changes["visibility"] = access.validate(data["visibility"])
     if promotion is not None:
         changes["visibility"] = promotion
+    if "copy_files" in data:
+        changes["copy_files"] = boolean_field(data, "copy_files", default=True)
     for key, value in changes.items():
         setattr(env, key, value)
     env.updated_at = store.utcnow()
-    if changes.keys() & {"display_name", "mem_limit", "cpu_limit", "visibility"}:
+    if changes.keys() & {"display_name", "mem_limit", "cpu_limit", "visibility", "copy_files"}:
         await relabel_images(service, env)
     db.commit()
     return env
@@ -214,6 +226,7 @@ async def relabel_images(service, env: store.Environment):
         labels.CPU_LIMIT: "" if env.cpu_limit is None else f"{env.cpu_limit:g}",
         labels.OWNER: env.owner,
         labels.VISIBILITY: env.visibility,
+        labels.COPY_FILES: labels.format_bool(env.copy_files),
     }
     hub = service.settings.hub_name
     for summary in await dockerops.environment_images(service.docker, hub, env.name):

@@ -268,6 +268,10 @@ class PageHandler(BaseHandler):
         """The named fields of a posted form ('' for a missing one)."""
         return {n: self.get_body_argument(n, "").strip() for n in names}
 
+    def checkbox(self, name: str) -> bool:
+        """A form checkbox: browsers send it only when it is ticked."""
+        return self.get_body_argument(name, "") == "on"
+
     def user_quotas(self) -> dict | None:
         if self.can_manage:
             return None  # admins are exempt
@@ -315,7 +319,8 @@ class ListPage(PageHandler):
 
 
 class NewPage(PageHandler):
-    fields = tuple(sorted(ops.CREATE_FIELDS))
+    # copy_files is a checkbox (sent only when ticked): read apart
+    fields = tuple(sorted(ops.CREATE_FIELDS - {"copy_files"}))
 
     @web.authenticated
     def get(self):
@@ -323,7 +328,7 @@ class NewPage(PageHandler):
         visibility = "public" if self.can_manage else "private"
         self.render_page(
             "service/new.html",
-            values={"ref": "HEAD", "visibility": visibility},
+            values={"ref": "HEAD", "visibility": visibility, "copy_files": True},
             error=None,
             quotas=self.user_quotas(),
         )
@@ -335,6 +340,7 @@ class NewPage(PageHandler):
         creds = self.form("username", "token")
         data = {k: v for k, v in values.items() if v != ""}
         data.update({k: v for k, v in creds.items() if v})
+        data["copy_files"] = values["copy_files"] = self.checkbox("copy_files")
         try:
             await self.service.require_docker()  # all or nothing: before saving
             with self.db() as db:
@@ -422,6 +428,7 @@ class EnvironmentPage(PageHandler):
                         "display_name", "mem_limit", "cpu_limit", "ref", "build_args", "visibility"
                     )
                     data["visibility"] = self.visibility_from_form(data["visibility"])
+                    data["copy_files"] = self.checkbox("copy_files")
                     await ops.update_environment(self.service, db, env, data, admin=self.can_manage)
                 elif action == "rebuild":
                     await self.service.require_docker()

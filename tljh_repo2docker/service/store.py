@@ -77,6 +77,9 @@ class Environment(Base):
     # version 4): it counts toward their quota, and stays out of pickers
     # until an admin promotes it (see access.LAUNCH)
     launched_by: Mapped[str] = mapped_column(String(255), default="")
+    # picker starts copy the repository's files into ~/<name> once (schema
+    # version 5); an image carries it as a label for the spawner
+    copy_files: Mapped[bool] = mapped_column(Boolean, default=True)
 
     builds: Mapped[list[Build]] = relationship(
         back_populates="environment",
@@ -207,6 +210,10 @@ def _launch_consent_v4(conn: Connection):
             )
 
 
+def _add_copy_files_v5(conn: Connection):
+    conn.execute(text("ALTER TABLE environments ADD COLUMN copy_files BOOLEAN NOT NULL DEFAULT 1"))
+
+
 def _is_launch_slug(name: str, repo: str) -> bool:
     provider, _, rest = name.partition("-")
     if not rest:
@@ -222,6 +229,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _add_build_args_v2,
     _add_owner_visibility_v3,
     _launch_consent_v4,
+    _add_copy_files_v5,
 ]
 
 
