@@ -7,10 +7,12 @@ Screenshots of every page go to ``ui-tests/screenshots/NN-<name>.png``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,7 +68,27 @@ def hub_name():
 
 @pytest.fixture(scope="module")
 def git_repo(tmp_path_factory, hub_name):
-    return make_git_repo(tmp_path_factory.mktemp("repo") / "env", marker=hub_name)
+    path = make_git_repo(tmp_path_factory.mktemp("repo") / "env", marker=hub_name)
+    # a course: its files in the image's home, as repo2docker puts them
+    with open(path / "Dockerfile", "a") as f:
+        f.write("COPY --chown=1000:1000 lesson-1.ipynb /home/jovyan/\n")
+    (path / "lesson-1.ipynb").write_text(json.dumps(LESSON))
+    for args in (["add", "."], ["commit", "-qm", "course files"]):
+        subprocess.run(
+            ["git", "-c", "user.name=test", "-c", "user.email=test@example.org", *args],
+            cwd=path,
+            check=True,
+            capture_output=True,
+        )
+    return path
+
+
+LESSON = {
+    "cells": [{"cell_type": "markdown", "metadata": {}, "source": ["# Lesson 1"]}],
+    "metadata": {},
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
 
 
 @pytest.fixture(scope="module")

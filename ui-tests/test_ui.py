@@ -106,6 +106,8 @@ def test_admin_adds_an_environment_and_watches_the_build(
     page.fill("#name", ENV_NAME)
     page.fill("#display_name", ENV_DISPLAY)
     page.fill("#mem_limit", MEM_LIMIT)
+    # picker starts copy the course's files unless the admin unticks it
+    expect(page.locator("#copy_files")).to_be_checked()
     look(page, "admin-add-form-filled")
     page.click("#submit-environment")
 
@@ -191,6 +193,8 @@ def test_admin_adds_an_environment_and_watches_the_build(
     expect(page.locator("#builds tbody td").first).to_have_text("1")
     expect(page.locator("#builds time").first).to_have_text(re.compile(r"just now|minutes? ago"))
     assert page.locator("th:empty").count() == 0
+    expect(page.locator("#copy-files")).to_contain_text(f"~/{ENV_NAME}")
+    expect(page.locator("#edit-form #copy_files")).to_be_checked()
     look(page, "admin-environment")
 
     # and back to the list, which now has it
@@ -332,6 +336,10 @@ def test_user_starts_a_server_in_the_new_environment(hub, hub_name, new_context,
         wait_for_lab(page, user, SPAWN_TIMEOUT_MS / 1000)
         page.wait_for_selector("#jp-main-dock-panel", timeout=SPAWN_TIMEOUT_MS)
         expect(page.locator(".jp-LabShell")).to_be_visible()
+        # the course's files, copied once into ~/<environment>, open in the file browser
+        assert f"/user/{user}/lab/tree/{ENV_NAME}" in page.url
+        expect(page.locator(".jp-BreadCrumbs")).to_contain_text(ENV_NAME, timeout=60_000)
+        expect(page.locator(".jp-DirListing-item", has_text="lesson-1.ipynb")).to_have_count(1)
         # let the launcher render before the picture
         page.wait_for_selector(".jp-Launcher", timeout=60_000)
         screenshot(page, "user-jupyterlab")
