@@ -17,7 +17,7 @@ import sys
 import time
 from urllib.parse import urlsplit
 
-from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
+from jupyterhub.services.auth import HubOAuthCallbackHandler
 from sqlalchemy import select
 from tornado import web
 from tornado.httpserver import HTTPServer
@@ -35,6 +35,7 @@ from .health import Health, HealthHandler
 from .hubclient import HubClient
 from .metrics import Metrics, MetricsHandler
 from .models import ListCache
+from .oauthcookie import MultiPathHubOAuth
 
 
 class OAuthCallbackHandler(HubOAuthCallbackHandler):
@@ -158,11 +159,13 @@ class EnvironmentsService(Application):
 
     def make_app(self) -> web.Application:
         prefix = self.service_prefix
-        self.hub_auth = HubOAuth(
+        self.hub_auth = MultiPathHubOAuth(
             api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""),
             cache_max_age=60,
             # who may use the service at all; each handler checks its own scope
             access_scopes=SCOPES,
+            # the login cookie reaches the Binder API's second prefix too
+            extra_cookie_paths=[self.binder_prefix] if self.binder_prefix else [],
         )
         handlers = [
             (prefix + "health", HealthHandler),

@@ -12,6 +12,14 @@ unless the user said yes. The rules (pure, see ``tests/test_consent.py``):
   repository key in the database), or a source an admin trusts
   (``trusted_launch_sources``).
 
+One exception, for jupyterhub-fancy-profiles: a *build-only* request
+(``build_only=true``) authenticated by the login cookie alone needs neither
+the XSRF value nor consent when it is a script's event-stream request from
+a page of the hub's own origin (``fetchsite.same_origin_fetch``). It starts
+nothing: it builds an image only that user sees, which they then start with
+the spawn form's own XSRF-checked POST. Links, forms and scripts of other
+sites are refused, so they cannot spend the user's build quota either.
+
 What launched code can reach by default is the project folder ``~/<project>``
 only; ``whole_home`` (a choice on the confirmation page) opens the whole home.
 """

@@ -28,10 +28,11 @@ from .._version import __version__
 from ..buildjob import archive_id, image_labels
 from ..labels import image_tag
 from ..validation import InvalidInput
-from . import consent, launchenvs, store
+from . import consent, fetchsite, launchenvs, store
 from .api import APIHandler
 from .builds import Conflict, QuotaExceeded
 from .handlers import BUILD_SCOPE, READ_SCOPE
+from .metrics import LaunchRecord
 from .pages import PageHandler
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,7 @@ class BuildEvents(APIHandler):
 
     _closed = None
     _stream_started = False
+    _launch_record = None
 
     # --- the stream --------------------------------------------------------------
     def set_default_headers(self):
@@ -226,6 +228,8 @@ class BuildEvents(APIHandler):
             message = exc.log_message % exc.args if exc.args else exc.log_message
         elif isinstance(exc, InvalidInput):
             status_code, message = 400, str(exc)
+        if self.request.method == "GET":  # (before the stream: no login, no scope, a bad spec)
+            self.launch_record.end("refused" if 400 <= status_code < 500 else "failed")
         if not message:
             message = httputil.responses.get(status_code, "Unknown error")
         if not self._headers_written:
@@ -263,9 +267,70 @@ class BuildEvents(APIHandler):
         except asyncio.TimeoutError:
             pass
 
+    @property
+    def launch_record(self):
+        """This request's launch for the metrics (outcome and phase times)."""
+        if self._launch_record is None:
+            try:
+                # as get() reads it, without the decoding that can raise
+                asked = self.request.query_arguments.get("build_only", [b""])[-1]
+                build_only = asked.strip().lower() in (b"1", b"true", b"yes")
+            except Exception:  # noqa: BLE001 (metrics never fail a launch)
+                build_only = False
+            metrics = getattr(self.service, "metrics", None)
+            self._launch_record = LaunchRecord(metrics, build_only)
+        return self._launch_record
+
     # --- who may do what -------------------------------------------------------------
     def may_build(self) -> bool:
         return self.can_build
+
+    # A build-only request builds an image that only this user sees and starts
+    # nothing: the user still picks it and starts it with the spawn form's own
+    # XSRF-checked POST. So a build-only request by the login cookie alone
+    # needs no consent page, only proof that one of this hub's pages made it
+    # (jupyterhub-fancy-profiles on /hub/spawn; fetchsite says how) and not
+    # another site sending the victim's browser here to spend their quota.
+    LOGIN_GUARD = "_binder_login"  # on the URL the OAuth login comes back to
+
+    def build_only_requested(self) -> bool:
+        return self.get_argument("build_only", "").lower() in ("1", "true", "yes")
+
+    def cookie_build_only(self) -> fetchsite.Verdict:
+        """May this be a build-only request by the login cookie, without XSRF?"""
+        if self.request.method != "GET" or not self.build_only_requested():
+            return fetchsite.Verdict(False, "not a build-only GET")
+        if self.request.headers.get("Authorization"):
+            return fetchsite.Verdict(False, "has a token")
+        return fetchsite.same_origin_fetch(self.request.headers, self.request.host)
+
+    def check_xsrf_cookie(self):
+        # HubOAuth asks this before it accepts the login cookie of a script's
+        # request. BinderHub's client sends the hub's XSRF value, which is not
+        # ours: a same-origin build-only fetch is let in without it (above).
+        if self.cookie_build_only().allowed:
+            return None
+        return super().check_xsrf_cookie()
+
+    def login_by_redirect(self) -> bool:
+        """No login cookie under this prefix yet (the user never came here):
+        a same-origin build-only fetch follows the hub's OAuth redirects (no
+        confirmation page: oauth_no_confirm) and comes back with the cookie.
+        Once only: the login comes back with LOGIN_GUARD on the URL."""
+        if self.get_argument(self.LOGIN_GUARD, None) is not None:
+            return False
+        if not self.cookie_build_only().allowed:
+            return False
+        params = {}
+        auth = self.hub_auth
+        verifier = None
+        if getattr(auth, "pkce_enabled", False):
+            verifier, challenge, method = auth.generate_pkce_code_challenge()
+            params.update(code_challenge=challenge, code_challenge_method=method)
+        back = httputil.url_concat(self.request.uri, {self.LOGIN_GUARD: "1"})
+        params["state"] = auth.set_state_cookie(self, next_url=back, code_verifier=verifier)
+        web.RequestHandler.redirect(self, httputil.url_concat(auth.login_url, params))
+        return True
 
     def check_consent(self, spec: providers.LaunchSpec) -> str | None:
         """Launch consent (issue 8): None to go on, or why this launch may not
@@ -277,9 +342,13 @@ class BuildEvents(APIHandler):
         cookie alone could come from any site (a link, a redirect): it must
         carry the XSRF value the launch page handed out, tied to this user's
         cookie, whatever its Sec-Fetch headers say, and the repository must be
-        one this user confirmed once, or a source the admin trusts.
+        one this user confirmed once, or a source the admin trusts. Only a
+        build-only fetch from one of this hub's own pages, which starts
+        nothing, goes ahead without these (``cookie_build_only``).
         """
         token = bool(getattr(self, "_token_authenticated", False))
+        if not token and self.cookie_build_only().allowed:
+            return None  # builds, starts nothing (see cookie_build_only)
         if not token and not consent.xsrf_matches(
             self.get_argument("_xsrf", None), self.xsrf_token
         ):
@@ -303,7 +372,10 @@ class BuildEvents(APIHandler):
 
     # --- the request -------------------------------------------------------------------
     async def get(self):
+        self.launch_record.phase("resolve")  # from the request on, to the commit
         if self.current_user is None:
+            if self.login_by_redirect():
+                return
             raise web.HTTPError(
                 403, "authentication required: log in to the hub or send a hub token"
             )
@@ -316,9 +388,11 @@ class BuildEvents(APIHandler):
         try:
             hold = await self.run(spec, build_only)
         except StreamClosedError:
+            self.launch_record.end("cancelled")  # the client left first
             return
         except Exception as e:  # the client gets the reason as BinderHub's "failed"
             log.exception("launch of %s failed", spec.repo)
+            self.launch_record.end("failed")
             hold = True
             try:
                 await self.send("failed", f"{e}\n")
@@ -339,9 +413,14 @@ class BuildEvents(APIHandler):
         """How archives are asked for their current version."""
         return await public_fetch(url)
 
-    async def fail(self, message: str) -> bool:
+    async def fail(self, message: str, outcome: str = "failed") -> bool:
+        self.launch_record.end(outcome)
         await self.send("failed", message.rstrip("\n") + "\n")
         return True  # hold the stream, as after every in-stream failure
+
+    async def refuse(self, message: str) -> bool:
+        """A failure before anything ran (consent, permission, quota, name)."""
+        return await self.fail(message, outcome="refused")
 
     async def run(self, spec: providers.LaunchSpec, build_only: bool) -> bool:
         """The phases; returns whether to hold the stream open afterwards."""
@@ -350,14 +429,14 @@ class BuildEvents(APIHandler):
         await self.send("waiting", f"Looking for {spec.label}\n")
         refusal = self.check_consent(spec)
         if refusal:
-            return await self.fail(refusal)
+            return await self.refuse(refusal)
         with svc.sessions() as db:
             env = store.find_environment(db, spec.environment_name)
             if env is not None and not launchenvs.reusable(env, spec):
                 # the name a launch link uses, taken by another environment
-                return await self.fail(f"The environment {env.name} is not this repository's.")
+                return await self.refuse(f"The environment {env.name} is not this repository's.")
             if env is None and not self.may_build():
-                return await self.fail(self.no_build_message())
+                return await self.refuse(self.no_build_message())
 
         # a commit for git refs (old badges' master/main fall back to HEAD),
         # the current version for archives (DOIs, HydroShare)
@@ -403,19 +482,21 @@ class BuildEvents(APIHandler):
             env = store.find_environment(db, spec.environment_name)
             if env is None:
                 if not self.may_build():
-                    return await self.fail(self.no_build_message())
+                    return await self.refuse(self.no_build_message())
                 try:
                     # owned by this user, counted in their quota, in no picker
                     env = launchenvs.create(svc, db, spec, user, admin=self.can_manage)
                 except QuotaExceeded as e:
+                    self.launch_record.end("refused")
                     await self.send("failed", f"{e}\n", status_code=429)
                     return True
             elif not launchenvs.reusable(env, spec):
                 # the name a launch link uses, taken by another environment
-                return await self.fail(f"The environment {env.name} is not this repository's.")
+                return await self.refuse(f"The environment {env.name} is not this repository's.")
             env_id = env.id
 
         tag = image_tag(svc.settings.image_prefix, spec.environment_name, commit)
+        self.launch_record.phase("build")
         await self.send("fetching", f"{spec.ref or spec.repo} is {commit[:12]}\n")
 
         # build unless this commit has an image; follow a build already running
@@ -424,7 +505,7 @@ class BuildEvents(APIHandler):
             if await image_labels(svc.docker, tag) is not None:
                 break
             if not self.may_build():
-                return await self.fail(self.no_build_message(version_only=True))
+                return await self.refuse(self.no_build_message(version_only=True))
             with svc.sessions() as db:
                 env = db.get(store.Environment, env_id)
                 try:
@@ -434,7 +515,7 @@ class BuildEvents(APIHandler):
                 except Conflict:
                     build = store.active_build(db, env)
                 except QuotaExceeded as e:
-                    return await self.fail(str(e))
+                    return await self.refuse(str(e))
             if build is None:
                 continue
             async for item in svc.builds.log_for(build).follow():
@@ -451,8 +532,10 @@ class BuildEvents(APIHandler):
         if build_only:
             # as BinderHub: "ready" (with imageName) takes the place of "built"
             done = "Done! Image built" if built_now else "Done! Found built image"
+            self.launch_record.end("ready")
             await self.send("ready", f"{done}\n", imageName=tag, image=tag)
             return False
+        self.launch_record.phase("start")
         await self.send("built", f"Found built image {tag}, launching...\n", imageName=tag)
         await self.launch(spec, tag)
         return True
@@ -483,6 +566,7 @@ class BuildEvents(APIHandler):
         base = os.environ.get("JUPYTERHUB_BASE_URL", "/").rstrip("/")
         server_path = f"{base}/user/{quote(user, safe='')}/{quote(name, safe='')}/"
         url = f"{self.request.protocol}://{self.request.host}{server_path}"
+        self.launch_record.end("ready")
         await self.send(
             "ready",
             f"server running at {url}\n",

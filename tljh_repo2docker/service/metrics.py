@@ -2,8 +2,8 @@
 
 A private ``CollectorRegistry`` per service: nothing of the process-global
 default registry (or of a second service in one test process) mixes in.
-Events (builds ending, queue waits, quota refusals) are counted as they
-happen; what can be read (queue length, image disk, environments) is set
+Events (builds ending, queue waits, quota refusals, launches ending) are
+counted as they happen; what can be read (queue length, image disk, environments) is set
 just before each scrape. Label values come from fixed sets, except the
 environment of the image-disk gauge: the largest ``MAX_ENVIRONMENT_LABELS``
 environments get their own series and the rest are summed under ``_other``.
@@ -12,6 +12,8 @@ environments get their own series and the rest are summed under ``_other``.
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections import defaultdict
 
 from prometheus_client import (
@@ -28,6 +30,8 @@ from ..catalogue import DockerUnavailable
 from . import store
 from .handlers import BaseHandler
 
+log = logging.getLogger(__name__)
+
 # JupyterHub's own scope for /hub/metrics: one scraper token (a service with
 # the role scopes ["read:metrics"]) reads both; admins have it already.
 METRICS_SCOPE = "read:metrics"
@@ -40,6 +44,15 @@ QUOTAS = ("builds_at_once", "builds_per_day", "environments")
 # a cached build takes well under a second; a real one seconds to an hour
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, float("inf"))
 WAIT_BUCKETS = (0.1, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
+# how a launch (a /build/ stream) ended: ready (the server, or with build_only
+# the image), failed, refused (nothing ran: not logged in, a bad spec, no
+# consent, not allowed, a quota) or cancelled (the client left first)
+LAUNCH_OUTCOMES = ("ready", "failed", "refused", "cancelled")
+# resolve: the request to a commit; build: to the image (near 0 when it
+# existed); start: to the server ready; total: the request to a ready server
+LAUNCH_PHASES = ("resolve", "build", "start", "total")
+# resolving takes a second, a build up to an hour, a start seconds to minutes
+PHASE_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
 
 
 def image_disk_by_environment(images, limit: int = MAX_ENVIRONMENT_LABELS) -> dict[str, int]:
@@ -104,6 +117,21 @@ class Metrics:
         self.versions = Gauge(
             PREFIX + "versions", "Built versions (images) of all environments", registry=r
         )
+        self.launches = Counter(
+            PREFIX + "launches",
+            "Launches (build streams) that ended, by outcome (ready, failed, refused, "
+            "cancelled) and whether only the image was asked for",
+            ["outcome", "build_only"],
+            registry=r,
+        )
+        self.launch_phase_duration = Histogram(
+            PREFIX + "launch_phase_duration_seconds",
+            "Time launches spent in each phase they completed (resolve, build, start) "
+            "and from request to a ready server (total)",
+            ["phase"],
+            buckets=PHASE_BUCKETS,
+            registry=r,
+        )
         # every outcome and quota shows (as 0) from the first scrape on, so
         # that rate() and alerts see the series before the first event
         for outcome in OUTCOMES:
@@ -111,6 +139,11 @@ class Metrics:
                 self.builds.labels(outcome, cached)
         for quota in QUOTAS:
             self.quota_refusals.labels(quota)
+        for outcome in LAUNCH_OUTCOMES:
+            for build_only in ("true", "false"):
+                self.launches.labels(outcome, build_only)
+        for phase in LAUNCH_PHASES:
+            self.launch_phase_duration.labels(phase)
 
     # --- events -------------------------------------------------------------------
     def build_finished(self, outcome: str, cached: bool, duration: float):
@@ -124,6 +157,10 @@ class Metrics:
 
     def quota_refused(self, quota: str):
         self.quota_refusals.labels(quota if quota in QUOTAS else "other").inc()
+
+    def launch(self, build_only: bool = False) -> LaunchRecord:
+        """The record of one launch that starts now."""
+        return LaunchRecord(self, build_only)
 
     # --- read at scrape time ------------------------------------------------------
     async def refresh(self, service):
@@ -143,6 +180,57 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class LaunchRecord:
+    """One launch's phases and its outcome, for ``Metrics``.
+
+    ``phase(name)`` says the launch entered a phase, which completes the one
+    before it (observed then); ``end(outcome)`` counts the launch once (later
+    calls are ignored) and, when it is ready, observes the last phase and, for
+    a launch that started a server, the total. The phase a launch failed in is
+    not observed: its time is not the time that phase takes. Metrics never
+    fail a launch: every error here is logged and dropped.
+    """
+
+    def __init__(self, metrics: Metrics | None, build_only: bool = False, clock=time.monotonic):
+        self._metrics = metrics
+        self.build_only = build_only
+        self._clock = clock
+        self._started = self._phase_started = clock()
+        self._phase: str | None = None
+        self.outcome: str | None = None
+
+    def _observe(self, phase: str, seconds: float):
+        self._metrics.launch_phase_duration.labels(phase).observe(max(0.0, seconds))
+
+    def phase(self, name: str):
+        if self.outcome is not None or self._metrics is None or name not in LAUNCH_PHASES:
+            return
+        try:
+            now = self._clock()
+            if self._phase is not None:
+                self._observe(self._phase, now - self._phase_started)
+            self._phase, self._phase_started = name, now
+        except Exception:  # noqa: BLE001 (metrics never fail a launch)
+            log.exception("launch metrics: phase %s", name)
+
+    def end(self, outcome: str):
+        if self.outcome is not None:
+            return
+        self.outcome = outcome = outcome if outcome in LAUNCH_OUTCOMES else "failed"
+        if self._metrics is None:
+            return
+        try:
+            now = self._clock()
+            if outcome == "ready" and self._phase is not None:
+                self._observe(self._phase, now - self._phase_started)
+                if self._phase == "start":
+                    self._observe("total", now - self._started)
+            build_only = "true" if self.build_only else "false"
+            self._metrics.launches.labels(outcome, build_only).inc()
+        except Exception:  # noqa: BLE001 (metrics never fail a launch)
+            log.exception("launch metrics: outcome %s", outcome)
 
 
 class MetricsHandler(BaseHandler):
