@@ -151,6 +151,12 @@ def test_the_second_click_comes_back_to_the_same_server(
     screenshot(page, "launch-again")
     assert containers(hub_name, STUDENT) == [before], "the same server, not a new one"
     assert elapsed < 30, f"coming back took {elapsed:.1f} s"
+    # My servers names it by its repository, not by the server's slug
+    page.goto(f"{hub.service_url}/servers")
+    row = page.locator(f"#servers tr[data-server='{server}']")
+    expect(row.locator(".r2d-server-title")).to_have_text(providers.parse("git", spec[4:]).label)
+    expect(row).to_contain_text(f"from a launch link: {server}")
+    screenshot(page, "launch-my-servers")
     hub.api("DELETE", f"/users/{STUDENT}/servers/{server}")
     hub.wait_stopped(STUDENT, server)
 

@@ -252,11 +252,16 @@ class MyServersPage(PageHandler):
             version, note = "", ""
         last = parse_time(model.get("last_activity"))
         title = model.get("display_name")
+        # a launch link's server: named after its repository's slug, shown
+        # by the repository's own name (the environment's display name)
+        project = options.get("project")
+        launched = isinstance(project, str) and bool(project)
         return {
             "name": name,
             "label": server_label(name),
             "title": title if isinstance(title, str) and title not in ("", name) else "",
             "default": not name,
+            "launched": launched,
             "status": status,
             "url": model.get("url") or "",
             "environment": environment,
