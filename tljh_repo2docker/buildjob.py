@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import aiodocker
 
-from . import access, baseimages, gitref, labels, runner
+from . import access, baseimages, gitref, imageevents, labels, runner
 from .builder import BuildRequest, BuildSettings, build_config, repo2docker_argv
 from .runner import LogLine
 
@@ -218,4 +218,5 @@ async def run_build(
     if built is None or built.get(labels.COMMIT) != commit:
         raise BuildFailed(f"repo2docker finished but image {tag} is missing or unlabelled")
     on_line(LogLine("built", f"Built image {tag}\n"))
+    await imageevents.announce(docker, tag)  # BuildKit's tag is silent: tell the catalogues
     return BuildResult(tag, commit, cached=False)

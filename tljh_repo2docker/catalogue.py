@@ -5,17 +5,24 @@ Listing is served from memory and refreshed in the background once the cache
 is older than ``max_age`` (stale-while-revalidate): forms stay fast with many
 environments and a new image shows up within about ``max_age`` plus one
 Docker round trip. It needs only the Docker engine, not the service.
+
+On top of the timers, a watcher of Docker's image events (``imageevents.py``)
+forgets the cache on every build, delete or relabel, in whichever process
+it happened, so the next listing after a change is fetched, not served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import aiodocker
 
-from . import labels
+from . import imageevents, labels
 from .labels import ImageInfo
+
+log = logging.getLogger(__name__)
 
 
 class DockerUnavailable(RuntimeError):
@@ -29,6 +36,7 @@ class Catalogue:
         max_age: float = 0.5,
         docker_url: str | None = None,
         max_stale: float = 5.0,
+        watch_events: bool = True,
     ):
         self.hub_name = hub_name
         self.max_age = max_age
@@ -41,6 +49,15 @@ class Catalogue:
         self._images: list[ImageInfo] | None = None
         self._fetched_at = 0.0
         self._refresh: asyncio.Task | None = None
+        # bumped by invalidate(): a fetch that was under way during a change
+        # must not store its (older) answer as fresh
+        self._generation = 0
+        # The timers stay even with the watcher connected: events can be
+        # missed (an image built by hand with BuildKit is silent on Docker
+        # 20.10; nothing is heard while reconnecting), and one listing per
+        # max_age, only while pickers are being rendered, is cheap.
+        self.watch_events = watch_events
+        self._watcher: imageevents.ImageEventWatcher | None = None
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -48,12 +65,39 @@ class Catalogue:
             self._docker = aiodocker.Docker(url=self._docker_url)
         return self._docker
 
+    @property
+    def events_connected(self) -> bool:
+        """Whether Docker's image events are being heard right now."""
+        return self._watcher is not None and self._watcher.connected
+
+    def _watch(self):
+        # Started lazily from the first listing: the hub builds its catalogue
+        # at config time, before any event loop runs.
+        if not self.watch_events:
+            return
+        try:
+            if self._watcher is None:
+                self._watcher = imageevents.ImageEventWatcher(
+                    on_change=self.invalidate,
+                    relevant=lambda event: imageevents.is_relevant(
+                        event, self.hub_name, self._images or ()
+                    ),
+                    connect=imageevents.docker_connect(self._docker_url),
+                )
+            self._watcher.start()
+        except Exception:
+            log.exception("could not watch Docker image events; timers only")
+
     async def close(self):
+        if self._watcher is not None:
+            watcher, self._watcher = self._watcher, None
+            await watcher.close()
         if self._docker is not None:
             await self._docker.close()
             self._docker = None
 
     async def _fetch(self) -> list[ImageInfo]:
+        generation = self._generation
         try:
             summaries = await self.docker.images.list(
                 filters={"label": [f"{labels.MANAGED}=true", f"{labels.HUB}={self.hub_name}"]}
@@ -63,18 +107,22 @@ class Catalogue:
         images = []
         for summary in summaries:
             images.extend(labels.parse_image(summary, self.hub_name))
-        self._images = images
-        self._fetched_at = time.monotonic()
+        if generation == self._generation:
+            self._images = images
+            self._fetched_at = time.monotonic()
         return images
 
     def invalidate(self):
         """Forget the cache (after a build or delete in this process): the
-        next listing asks Docker before it answers."""
+        next listing asks Docker before it answers. Also called by the image
+        event watcher on every change Docker reports."""
+        self._generation += 1
         self._images = None
         self._fetched_at = 0.0
 
     async def images(self, fresh: bool = False) -> list[ImageInfo]:
         """Every labelled image of this hub (all builds of all environments)."""
+        self._watch()
         age = time.monotonic() - self._fetched_at
         if self._images is None or fresh or age > self.max_stale:
             return await self._fetch()
