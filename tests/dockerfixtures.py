@@ -79,7 +79,12 @@ def make_git_repo(path: Path, marker: str) -> Path:
 def commit_change(path: Path, line: str) -> str:
     with open(path / "Dockerfile", "a") as f:
         f.write(line + "\n")
-    for args in (["add", "."], ["commit", "-qm", "change"]):
+    return commit_all(path)
+
+
+def commit_all(path: Path, message: str = "change") -> str:
+    """Commit everything in the working tree; the new commit's hash."""
+    for args in (["add", "."], ["commit", "-qm", message]):
         subprocess.run(
             ["git", "-c", "user.name=test", "-c", "user.email=test@example.org", *args],
             cwd=path,

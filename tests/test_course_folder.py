@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 
-from .dockerfixtures import SINGLEUSER_IMAGE, containers, inspect, make_git_repo
+from .dockerfixtures import SINGLEUSER_IMAGE, commit_all, containers, inspect, make_git_repo
 
 pytestmark = pytest.mark.docker
 
@@ -29,15 +28,6 @@ LESSON = {
     "nbformat": 4,
     "nbformat_minor": 5,
 }
-
-
-def git(path, *args):
-    subprocess.run(
-        ["git", "-c", "user.name=test", "-c", "user.email=test@example.org", *args],
-        cwd=path,
-        check=True,
-        capture_output=True,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +40,7 @@ def course_repo(tmp_path_factory, hub_name):
     (path / "lesson-1.ipynb").write_text(json.dumps(LESSON))
     (path / "data").mkdir()
     (path / "data" / "table.csv").write_text("a,b\n1,2\n")
-    git(path, "add", ".")
-    git(path, "commit", "-qm", "course files")
+    commit_all(path, "course files")
     return path
 
 

@@ -12,7 +12,6 @@ import os
 import re
 import secrets
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.dockerfixtures import (  # noqa: E402
+    commit_all,
     dump_container_logs,
     make_git_repo,
     remove_hub_objects,
@@ -73,13 +73,7 @@ def git_repo(tmp_path_factory, hub_name):
     with open(path / "Dockerfile", "a") as f:
         f.write("COPY --chown=1000:1000 lesson-1.ipynb /home/jovyan/\n")
     (path / "lesson-1.ipynb").write_text(json.dumps(LESSON))
-    for args in (["add", "."], ["commit", "-qm", "course files"]):
-        subprocess.run(
-            ["git", "-c", "user.name=test", "-c", "user.email=test@example.org", *args],
-            cwd=path,
-            check=True,
-            capture_output=True,
-        )
+    commit_all(path, "course files")
     return path
 
 
