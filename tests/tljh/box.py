@@ -244,9 +244,12 @@ class Box:
                 *RUN_FLAGS,
                 "-v",
                 f"{self.volume}:/var/lib/docker",
-                # Traefik's port 80 on loopback only, on a port Docker picks.
+                # Traefik's ports 80 and 443 (once https is on) on loopback
+                # only, on ports Docker picks.
                 "-p",
                 "127.0.0.1::80",
+                "-p",
+                "127.0.0.1::443",
                 self.image,
             ]
         )
@@ -317,11 +320,12 @@ class Box:
         if load.returncode != 0 or save.returncode != 0:
             raise BoxError(f"loading {tags} into the box failed:\n{load.stdout}\n{load.stderr}")
 
-    def url(self) -> str:
-        """Traefik's port 80, published on the host's loopback."""
-        out = run(["docker", "port", self.name, "80/tcp"]).stdout.split()
+    def url(self, scheme: str = "http") -> str:
+        """Traefik's port 80 (or 443 for ``https``), published on the host's loopback."""
+        port = {"http": 80, "https": 443}[scheme]
+        out = run(["docker", "port", self.name, f"{port}/tcp"]).stdout.split()
         address = next(a for a in out if a.startswith("127.0.0.1:"))
-        return f"http://{address}"
+        return f"{scheme}://{address}"
 
     def logs(self) -> str:
         return run(["docker", "logs", "--tail", "50", self.name], check=False).stderr

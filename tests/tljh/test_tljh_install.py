@@ -96,19 +96,27 @@ class Tljh:
         self._url = ""
         self.admin_token = ""
         self.user_token = ""
+        # the entry point the clients use; "https" with the box's own
+        # certificate (``verify``) while TLJH's https is on
+        self.scheme = "http"
+        self.verify: bool | str = True
 
     @property
     def url(self) -> str:
         if not self._url:
-            self._url = self.box.url()
+            self._url = self.box.url(self.scheme)
         return self._url
 
     def rebooted(self):
         self._url = ""  # Docker may publish port 80 on another host port
 
+    def use(self, scheme: str, verify: bool | str = True) -> None:
+        self.scheme, self.verify, self._url = scheme, verify, ""
+
     def session(self) -> requests.Session:
         s = requests.Session()
         s.trust_env = False  # loopback only: never through a proxy from the environment
+        s.verify = self.verify
         return s
 
     def request(self, method, path, token="", timeout=30, **kwargs):
@@ -254,6 +262,10 @@ def tljh(request):
     reuse = os.environ.get("TLJH_BOX_REUSE", "")  # development only: see box.py
     if reuse:
         hub = Tljh(boxes.Box.attach(reuse))
+        if (hub.box.config().get("https") or {}).get("enabled"):
+            # the https check (last) left it on; the other checks expect http
+            hub.box.sh("tljh-config set https.enabled false && tljh-config reload proxy")
+            hub.wait_hub()
         hub.admin_token = hub.token_for(hub.login("admin", ADMIN_PASSWORD), "admin")
         if hub.hub_api("GET", f"/users/{USER}").status_code == 200:
             hub.user_token = hub.token_for(hub.login(USER, USER_PASSWORD), USER)
@@ -485,6 +497,15 @@ def test_firstuse_user_picks_starts_writes_and_finds_the_file_again(tljh):
 
 
 # -- 6. launch links through Traefik ----------------------------------------------------
+def launch_link(tljh: Tljh, s: requests.Session) -> str:
+    """The launch link the environment's page shows (as an admin copies it)."""
+    page = s.get(f"{tljh.url}{SERVICE}environments/{ENV}", timeout=60)
+    assert page.status_code == 200, page.text[:500]
+    found = re.search(r'id="launch-url" readonly value="([^"]+)"', page.text)
+    assert found, page.text[:3000]
+    return unescape(found.group(1))
+
+
 def follow_launch_link(tljh: Tljh, s: requests.Session, link: str) -> str:
     """What a browser does with a launch link: the page (consent once), its
     build stream, then the server it opens. Returns the server's URL."""
@@ -512,7 +533,8 @@ def follow_launch_link(tljh: Tljh, s: requests.Session, link: str) -> str:
                     break
     assert ready and ready.get("url"), ready
     server = urljoin(r.url, ready["url"])
-    assert urlparse(server).netloc == urlparse(tljh.url).netloc, server
+    # the server opens on the scheme and host the link was followed on
+    assert urlparse(server)[:2] == urlparse(link)[:2], (link, server)
     opened = s.get(server, params={"token": ready.get("token", "")}, timeout=60)
     assert opened.status_code == 200, (server, opened.status_code, opened.text[:300])
     return server
@@ -521,11 +543,7 @@ def follow_launch_link(tljh: Tljh, s: requests.Session, link: str) -> str:
 def test_launch_link_from_the_environment_page_works_through_traefik(tljh):
     with Phase("check: launch link (+ reload proxy)"):
         s = tljh.login("admin", ADMIN_PASSWORD)
-        page = s.get(f"{tljh.url}{SERVICE}environments/{ENV}", timeout=60)
-        assert page.status_code == 200, page.text[:500]
-        found = re.search(r'id="launch-url" readonly value="([^"]+)"', page.text)
-        assert found, page.text[:3000]
-        link = unescape(found.group(1))
+        link = launch_link(tljh, s)
         assert f"v2/git/{quote(REPO_URL, safe='')}/main" in link, link
         # the page names the host it was asked on: Traefik's published port
         assert urlparse(link).netloc == urlparse(tljh.url).netloc, link
@@ -624,3 +642,84 @@ def test_rerunning_the_installer_keeps_config_servers_and_homes(tljh):
         r = tljh.contents(USER, "notes.txt", tljh.user_token)
         assert r.status_code == 200 and r.json()["content"] == "kept across restarts", r.text
         assert ENV in [e["name"] for e in tljh.environments().json()["environments"]]
+
+
+# -- 10. https on: TLJH's own switch, a certificate made in the box ----------------------------
+TLS_DIR = "/etc/tljh-test-tls"
+
+
+def test_launch_links_work_on_both_entrypoints_with_https_on(tljh, tmp_path):
+    """Last, and it leaves https on: every ``tljh-config reload proxy`` also
+    restarts the hub (its unit Requires Traefik), ~10 s each, so it does not
+    turn https off again. A check added after it runs over https
+    (``tljh.use``) or turns https off itself (as ``TLJH_BOX_REUSE`` does)."""
+    with Phase("check: https on, launch link (+ reload proxy)"):
+        # a self-signed certificate for the address the clients use (no
+        # Let's Encrypt offline); the host trusts exactly this certificate
+        tljh.box.sh(
+            f"install -d -m 0700 {TLS_DIR}\n"
+            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2"
+            " -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1,DNS:localhost"
+            f" -keyout {TLS_DIR}/key.pem -out {TLS_DIR}/cert.pem 2>/dev/null"
+        )
+        cert = tmp_path / "cert.pem"
+        cert.write_text(tljh.box.exec(["cat", f"{TLS_DIR}/cert.pem"]).stdout)
+        http_base = tljh.box.url("http")
+        # TLJH's documented steps for a certificate of one's own:
+        #   tljh-config set https.enabled true
+        #   tljh-config set https.tls.cert|key FILE
+        # run through tljh-config's own main() in one process, as its console
+        # script does: each tljh-config process spends ~4 s importing jsonschema
+        settings = [
+            ["set", "https.enabled", "true"],
+            ["set", "https.tls.cert", f"{TLS_DIR}/cert.pem"],
+            ["set", "https.tls.key", f"{TLS_DIR}/key.pem"],
+        ]
+        tljh.box.exec(
+            [
+                "/opt/tljh/hub/bin/python3",
+                "-c",
+                f"from tljh.config import main\nfor argv in {settings!r}:\n    main(argv)",
+            ]
+        )
+        assert tljh.box.config()["https"] == {
+            "enabled": True,
+            "tls": {"cert": f"{TLS_DIR}/cert.pem", "key": f"{TLS_DIR}/key.pem"},
+        }, tljh.box.config()
+        tljh.box.exec(["tljh-config", "reload", "proxy"], timeout=120)
+        rendered = tljh.box.exec(["cat", "/opt/tljh/state/traefik.toml"]).stdout
+        assert "[entryPoints.https]" in rendered, rendered
+        tljh.use("https", verify=str(cert))
+        tljh.wait_hub()
+        s = tljh.login("admin", ADMIN_PASSWORD)
+        link = launch_link(tljh, s)
+        # asked on https, the page links to https, %2F and all
+        assert link.startswith(f"{tljh.url}{SERVICE}v2/git/{quote(REPO_URL, safe='')}/"), link
+        assert "%2F" in link, link
+        # Traefik hands the link to the service (its page, not a bare 400)
+        r = s.get(link, timeout=60)
+        assert r.status_code == 200 and "<html" in r.text.lower(), (
+            f"{link}: {r.status_code} {r.headers.get('Server', '')} {r.text[:300]!r}"
+        )
+        # plain http: TLJH's Traefik redirects every request to https (the
+        # entry point's redirection, permanent by default: 301 to port 443);
+        # the link must get that redirect with its path intact, not a bare 400
+        path = link[len(tljh.url) :]
+        with tljh.session() as plain:
+            r = plain.get(http_base + path, allow_redirects=False, timeout=30)
+        assert r.status_code == 301, (r.status_code, r.text[:300])
+        location = r.headers["Location"]
+        target = urlparse(location)
+        assert (target.scheme, target.hostname, target.port) == ("https", "127.0.0.1", None), (
+            location
+        )
+        assert target.path + (f"?{target.query}" if target.query else "") == path, location
+        # the plugin patches the file TLJH renders again on every reload:
+        # after a second one the link still builds and opens a server
+        tljh.box.exec(["tljh-config", "reload", "proxy"], timeout=120)
+        tljh.wait_hub()
+        server = follow_launch_link(tljh, s, link)
+        name = urlparse(server).path.rstrip("/").rsplit("/", 1)[-1]
+        r = tljh.hub_api("DELETE", f"/users/admin/servers/{name}", json={"remove": True})
+        assert r.status_code in (202, 204), r.text
+        tljh.wait_stopped("admin", name)
