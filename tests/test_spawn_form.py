@@ -9,7 +9,12 @@ from types import SimpleNamespace
 import pytest
 
 from tljh_repo2docker.labels import ImageInfo
-from tljh_repo2docker.spawner import Repo2DockerSpawner, SpawnError, ready_poll_delay
+from tljh_repo2docker.spawner import (
+    Repo2DockerSpawner,
+    SpawnError,
+    ready_poll_delay,
+    status_check_interval,
+)
 
 
 def image(env, commit, built_at, display=None, owner="", visibility="public", mem=None):
@@ -181,6 +186,20 @@ def test_checks_back_off_and_are_shared_when_many_servers_start():
     # all 20 servers together: at most ~50 checks a second once backed off,
     # where a fixed 10 ms interval made 2000
     assert 20 / schedule(20)[-1] <= 50
+
+
+def test_a_crashing_lone_start_is_seen_within_half_a_second():
+    assert status_check_interval(1) == status_check_interval(0) == 0.5
+
+
+def test_state_checks_are_shared_when_many_servers_start():
+    looks_per_second = {n: n / status_check_interval(n) for n in (1, 4, 8, 20, 50, 500)}
+    # up to 4 at once: each as often as a lone one; beyond: a fixed total of 8/s
+    assert looks_per_second[4] == 8
+    assert looks_per_second[8] == looks_per_second[20] == 8
+    # however many start, nobody waits more than 5 s to learn theirs crashed
+    assert status_check_interval(10_000) == 5.0
+    assert looks_per_second[500] == 100
 
 
 def test_the_delay_stays_within_its_bounds():

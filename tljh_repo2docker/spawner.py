@@ -101,6 +101,15 @@ def ready_poll_delay(attempt: int, starting: int, first: float, maximum: float) 
     return max(first, min(grown, 2 * first * starting, maximum))
 
 
+def status_check_interval(starting: int) -> float:
+    """Seconds between two looks at a starting container's state (has it
+    exited?) while ``starting`` servers wait in this process. A lone start
+    that crashes says why within half a second; while many start, each look
+    (a Docker inspect in a thread) is rarer, so that twenty starts cost the
+    hub about as many inspects a second as four. Never more than 5 s."""
+    return min(5.0, 0.5 * max(1.0, starting / 4))
+
+
 class SpawnError(web.HTTPError):
     """An HTTP error whose message JupyterHub shows on the spawn page as is."""
 
@@ -811,7 +820,8 @@ class Repo2DockerSpawner(DockerSpawner):
                     pass
                 now = time.monotonic()
                 if now >= next_status_check:
-                    next_status_check = now + 0.5
+                    starting = Repo2DockerSpawner._starting
+                    next_status_check = now + status_check_interval(starting)
                     await self._fail_if_exited()
                 await asyncio.sleep(
                     ready_poll_delay(
