@@ -1,0 +1,267 @@
+"""Repo2DockerSwarmSpawner: the servers of catalogue images as Docker Swarm
+services on worker nodes (issue 12).
+
+Everything users see (catalogue, form, validation, limits, homes, progress,
+admission, metrics) is the mixin's (``spawnermixin.py``), as for one host.
+What differs, and why:
+
+- one service per server, its task on a worker (``placement_constraints``);
+  the server's labels and its user (the home's owner, never root) are in the
+  service's container spec, so every node's engine shows them;
+- the memory reservation equals the limit: Swarm places tasks by their
+  reservations only, so without one it would pile servers on one node;
+- no restarts: a server that dies stays dead and the hub sees it, instead of
+  Swarm starting it again elsewhere behind the hub's back;
+- a task the nodes reject (an image they cannot pull, a constraint or memory
+  no node meets) fails the start with Docker's own reason;
+- the kernel here has no IPVS: endpoint mode ``dnsrr`` and a host-mode
+  published port; the hub reaches the task at its node's address and that
+  port. Never the service name: Swarm's DNS answers for a recreated service
+  stay cached for minutes (``../shared/ENVIRONMENT.md``);
+- homes are bind mounts of ``homes_dir``, which must be shared storage mounted
+  at the same path on every node (NFS in production).
+
+Not yet: course and project folders are not seeded from the image (the hub's
+node may not hold it; that copy is to move into the user's task), and Docker
+20.10 services take neither ``no-new-privileges`` nor a seccomp profile, so the
+confinement is the user, no capabilities and the pids and memory limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import docker.errors
+from docker.types import (
+    ContainerSpec,
+    EndpointSpec,
+    Placement,
+    Resources,
+    RestartPolicy,
+    TaskTemplate,
+)
+from dockerspawner import SwarmSpawner
+from traitlets import Float, List, Unicode
+
+from . import labels
+from .builder import BuildSettings
+from .spawnermixin import Repo2DockerSpawnerMixin, SpawnError
+
+# Task states after which a task never runs (swarmkit's names).
+FINAL_STATES = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
+
+
+def newest_task(tasks: list[dict]) -> dict | None:
+    """The most recently created of a service's tasks."""
+    # Docker's timestamps have 0-9 digits of fractions: compare them padded
+    return max(tasks, key=lambda t: _stamp(t.get("CreatedAt", "")), default=None)
+
+
+def _stamp(value: str) -> tuple[str, str]:
+    seconds, _, fraction = value.rstrip("Z").partition(".")
+    return seconds, fraction.ljust(9, "0")
+
+
+def task_failure(task: dict) -> str:
+    """Docker's reason for a task that ended or cannot be placed ('' if none)."""
+    status = task.get("Status") or {}
+    return str(status.get("Err") or status.get("Message") or "").strip()
+
+
+def published_port(task: dict, target: int) -> int | None:
+    """The host-mode port of the task's node that leads to ``target``."""
+    for mapping in (task.get("Status") or {}).get("PortStatus", {}).get("Ports") or []:
+        if mapping.get("TargetPort") == target and mapping.get("PublishMode") == "host":
+            return int(mapping["PublishedPort"])
+    return None
+
+
+def node_address(node: dict) -> str:
+    """Where other hosts reach a swarm node (its advertised address)."""
+    addr = (node.get("Status") or {}).get("Addr") or ""
+    if addr in ("", "0.0.0.0"):  # noqa: S104 (a value Docker reports, not a bind)
+        # managers may report 0.0.0.0 here; their manager address is right
+        addr = ((node.get("ManagerStatus") or {}).get("Addr") or "").rsplit(":", 1)[0]
+    return addr
+
+
+class Repo2DockerSwarmSpawner(Repo2DockerSpawnerMixin, SwarmSpawner):
+    placement_constraints = List(
+        Unicode(),
+        ["node.role==worker"],
+        config=True,
+        help="Swarm placement constraints of the servers' tasks (e.g. "
+        "'node.labels.gpu==yes'); by default only on workers, never on the control node.",
+    )
+    unschedulable_timeout = Float(
+        15.0,
+        config=True,
+        help="Seconds a server's task may wait while Swarm says no node fits it "
+        "(constraints, memory) before the start fails with Swarm's reason.",
+    )
+
+    @classmethod
+    def section_names(cls) -> list[str]:
+        # the settings written for Repo2DockerSpawner (tljh-config's keys,
+        # config.d files) hold here too: one configuration for both backends
+        names = super().section_names()
+        return [*names[:-1], "Repo2DockerSpawner", names[-1]]
+
+    # --- starting the service ---------------------------------------------------
+    async def _start_container(self, info, user: str, settings: BuildSettings):
+        self._server_labels = {
+            labels.SERVER: "true",
+            labels.HUB: settings.hub_name,
+            labels.USER: self.user.name,
+            labels.SERVER_NAME: self.name,
+            labels.ENVIRONMENT: info.environment,
+        }
+        self._server_user = user
+        self._task = None
+        self._progress(40, f"Starting {info.display_name} on the swarm")
+        try:
+            # SwarmSpawner's start (DockerSpawner's, with a service): not the mixin's
+            return await SwarmSpawner.start(self)
+        except docker.errors.DockerException as e:
+            raise SpawnError(503, f"The swarm failed to start your server: {e}") from e
+
+    async def create_object(self):
+        container = {
+            **self.extra_container_spec,
+            "image": self.image,
+            "args": await self.get_command(),
+            "env": self.get_env(),
+            "mounts": self.mounts,
+            # ours win over extra_container_spec: never root, never capabilities
+            "user": self._server_user,
+            "labels": {**self.extra_container_spec.get("labels", {}), **self._server_labels},
+            "cap_drop": ["ALL"],
+        }
+        container.pop("cap_add", None)
+        limit = self.mem_limit or None
+        resources = Resources(
+            **{
+                "mem_limit": limit,
+                # Swarm places by reservation only
+                "mem_reservation": limit,
+                "cpu_limit": int(self.cpu_limit * 1e9) if self.cpu_limit else None,
+                **self.extra_resources_spec,
+            }
+        )
+        if self.pids_limit and self.pids_limit > 0:
+            resources.setdefault("Limits", {})["Pids"] = int(self.pids_limit)
+        placement = Placement(
+            **{"constraints": list(self.placement_constraints), **self.extra_placement_spec}
+        )
+        task = TaskTemplate(
+            **{
+                "container_spec": ContainerSpec(**container),
+                "resources": resources,
+                "placement": placement,
+                "restart_policy": RestartPolicy(condition="none"),
+                "networks": [self.network_name] if self.network_name else [],
+                **self.extra_task_spec,
+            }
+        )
+        endpoint = EndpointSpec(
+            **{
+                # no IPVS on these kernels: no virtual IP, no routing mesh
+                "mode": "dnsrr",
+                "ports": {None: (self.port, "tcp", "host")},
+                **self.extra_endpoint_spec,
+            }
+        )
+        return await self.docker(
+            "create_service",
+            task_template=task,
+            endpoint_spec=endpoint,
+            name=self.service_name,
+            labels=self._server_labels,
+        )
+
+    async def _tasks(self) -> list[dict]:
+        return await self.docker("tasks", filters={"service": self.service_id})
+
+    async def start_object(self):
+        """Wait until the service's task runs; SpawnError with Docker's
+        reason when it ends first or no node will take it."""
+        delay = 0.1
+        unschedulable_since = None
+        while True:
+            task = newest_task(await self._tasks())
+            state = ((task or {}).get("Status") or {}).get("State", "")
+            if state == "running":
+                self._task = task
+                return
+            if state in FINAL_STATES:
+                reason = task_failure(task) or state
+                self.log.error("%s: task %s: %s", self._log_name, state, reason)
+                raise SpawnError(503, f"The swarm could not start your server ({state}): {reason}")
+            reason = task_failure(task) if state == "pending" else ""
+            if reason:
+                # the scheduler's complaint ("no suitable node ..."): wait a
+                # little for a node to free up or join, then say it
+                unschedulable_since = unschedulable_since or time.monotonic()
+                if time.monotonic() - unschedulable_since > self.unschedulable_timeout:
+                    self.log.error("%s: task pending: %s", self._log_name, reason)
+                    raise SpawnError(503, f"No node of the swarm can run your server: {reason}")
+            else:
+                unschedulable_since = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+
+    async def get_ip_and_port(self):
+        # the task's node and its host-mode port: never the service name
+        task = self._task
+        port = published_port(task, self.port) if task else None
+        if port is None:
+            raise SpawnError(500, f"The swarm publishes no port for your server: {task!r:.500}")
+        node = await self.docker("inspect_node", task["NodeID"])
+        address = node_address(node)
+        if not address:
+            raise SpawnError(500, "The swarm does not say where your server's node is")
+        return address, port
+
+    async def _fail_if_exited(self):
+        task = newest_task(await self._tasks()) if self.service_id else None
+        state = ((task or {}).get("Status") or {}).get("State", "")
+        if task is not None and state not in FINAL_STATES:
+            return
+        message = f"Your server stopped ({state or 'gone'}) while starting."
+        if task is not None and task_failure(task):
+            message += " " + task_failure(task)
+        try:
+            # a generator of chunks: read it in the thread too
+            raw = await asyncio.to_thread(
+                lambda: b"".join(
+                    self.client.service_logs(self.service_id, stdout=True, stderr=True, tail=20)
+                )
+            )
+            tail = raw.decode(errors="replace").strip()
+        except docker.errors.DockerException:
+            tail = ""
+        if tail:
+            message += " Last lines of its log:\n" + tail
+        self.log.error("%s: %s", self._log_name, message)
+        raise SpawnError(500, message)
+
+    # --- seeding from the image: not on the swarm yet ----------------------------
+    async def open_course_folder(self, info, home: str, owner):
+        # TODO(issue 12): copy inside the user's task; the hub's node may not
+        # hold the image, so it cannot copy from it here
+        self.log.info(
+            "%s: course files of %s not copied (not done on the swarm yet)",
+            self._log_name,
+            info.environment,
+        )
+
+    async def prepare_project(self, info, home: str, project: str, owner) -> str:
+        self.log.warning(
+            "%s: launch of %s refused: project folders are not seeded on the swarm yet",
+            self._log_name,
+            project,
+        )
+        raise SpawnError(
+            501, "Launch links do not work on this hub's swarm yet; start from the picker."
+        )
