@@ -216,6 +216,36 @@ def test_watcher_survives_a_failing_handler_and_bad_events():
     asyncio.run(scenario())
 
 
+class StuckStream(FakeStream):
+    """A stream whose close never finishes (an engine that hangs up badly)."""
+
+    async def close(self):
+        self.closed = True
+        await asyncio.Event().wait()
+
+
+def test_a_stream_that_never_closes_cannot_hold_up_shutdown(monkeypatch):
+    monkeypatch.setattr(imageevents, "CLOSE_TIMEOUT", 0.2)
+    stream = StuckStream()
+
+    async def connect(since):
+        return stream
+
+    async def scenario():
+        watcher = imageevents.ImageEventWatcher(lambda: None, lambda e: True, connect)
+        watcher.start()
+        await until(lambda: watcher.connected)
+        started = time.monotonic()
+        await watcher.close()
+        return time.monotonic() - started
+
+    began = time.monotonic()
+    took = asyncio.run(scenario())  # asyncio.run also waits for what it cancels
+    assert stream.closed
+    assert took < 2
+    assert time.monotonic() - began < 3
+
+
 # --- the catalogue's cache ------------------------------------------------------
 
 

@@ -106,7 +106,8 @@ async def _build(args) -> int:
 
 
 async def _list(args) -> int:
-    catalogue = Catalogue(_settings(args).hub_name)
+    # one listing and out: no event stream to follow
+    catalogue = Catalogue(_settings(args).hub_name, watch_events=False)
     try:
         environments = await catalogue.environments(fresh=True)
     except DockerUnavailable as e:

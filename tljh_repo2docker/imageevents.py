@@ -156,6 +156,12 @@ def docker_connect(url: str | None = None) -> Connect:
     return connect
 
 
+# How long closing may take: a stream or engine that never finishes closing
+# must not hold up the process that is shutting the watcher down (an
+# asyncio.run() waits for every task it cancels).
+CLOSE_TIMEOUT = 5.0
+
+
 class ImageEventWatcher:
     """Calls ``on_change()`` for every relevant image event, reconnecting
     with backoff; ``on_change()`` is also called on each (re)connection,
@@ -202,7 +208,10 @@ class ImageEventWatcher:
         task.cancel()
         # wait() neither raises the task's own end nor swallows a
         # cancellation of close() itself
-        await asyncio.wait({task})
+        await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
+        if not task.done():
+            log.warning("image event watcher did not stop within %s s", CLOSE_TIMEOUT)
+            return
         if not task.cancelled() and task.exception() is not None:
             log.debug("image event watcher ended with an error", exc_info=task.exception())
 
@@ -241,8 +250,8 @@ class ImageEventWatcher:
                     self.connected = False
                     connected_for = self._clock() - connected_at
                     try:
-                        await stream.close()
-                    except Exception:
+                        await asyncio.wait_for(stream.close(), CLOSE_TIMEOUT)
+                    except (Exception, asyncio.TimeoutError):
                         log.debug("closing the image event stream failed", exc_info=True)
             await asyncio.sleep(self._backoff.after(connected_for))
 
