@@ -116,10 +116,11 @@ class BuildSettings(Configurable):
 
     @validate("image_prefix")
     def _valid_prefix(self, proposal):
-        value = proposal["value"]
-        if value != value.lower() or any(c.isspace() or c == ":" for c in value):
-            raise ValueError("image_prefix must be lowercase, without spaces or ':'")
-        return value
+        # a registry host with a port is allowed (issue 12): see validation
+        try:
+            return validation.image_prefix(proposal["value"])
+        except validation.InvalidInput as e:
+            raise ValueError(str(e)) from None
 
     @validate("allowed_networks")
     def _valid_networks(self, proposal):

@@ -1,6 +1,8 @@
 """The catalogue: which images may be started, read from Docker labels.
 
-Parsing is in ``labels.py``; this module is the thin Docker call plus a cache.
+Parsing is in ``labels.py``; where the images are listed from is an image
+store (``imagestore.py``: the local engine by default, or a registry); this
+module is the cache in front of it.
 Listing is served from memory and refreshed in the background once the cache
 is older than ``max_age`` (stale-while-revalidate): forms stay fast with many
 environments and a new image shows up within about ``max_age`` plus one
@@ -20,13 +22,14 @@ import time
 import aiodocker
 
 from . import imageevents, labels
+from .imagestore import DockerImageStore, ImageStore, StoreUnavailable
 from .labels import ImageInfo
 
 log = logging.getLogger(__name__)
 
-
-class DockerUnavailable(RuntimeError):
-    """The Docker engine did not answer."""
+# The name callers already catch: it covers a registry store that does not
+# answer as well as the local engine.
+DockerUnavailable = StoreUnavailable
 
 
 class Catalogue:
@@ -37,6 +40,7 @@ class Catalogue:
         docker_url: str | None = None,
         max_stale: float = 5.0,
         watch_events: bool = True,
+        store: ImageStore | None = None,
     ):
         self.hub_name = hub_name
         self.max_age = max_age
@@ -58,6 +62,16 @@ class Catalogue:
         # max_age, only while pickers are being rendered, is cheap.
         self.watch_events = watch_events
         self._watcher: imageevents.ImageEventWatcher | None = None
+        # The default store lists through self.docker, which the service
+        # replaces with its shared client.
+        if store is None:
+            store = DockerImageStore(hub_name, client=lambda: self.docker)
+        self.store: ImageStore = store
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the images are the local engine's (Docker events apply)."""
+        return isinstance(self.store, DockerImageStore)
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -72,8 +86,9 @@ class Catalogue:
 
     def _watch(self):
         # Started lazily from the first listing: the hub builds its catalogue
-        # at config time, before any event loop runs.
-        if not self.watch_events:
+        # at config time, before any event loop runs. A registry's changes are
+        # not the local engine's events: timers only.
+        if not self.watch_events or not self.is_local:
             return
         try:
             if self._watcher is None:
@@ -92,18 +107,14 @@ class Catalogue:
         if self._watcher is not None:
             watcher, self._watcher = self._watcher, None
             await watcher.close()
+        await self.store.close()
         if self._docker is not None:
             await self._docker.close()
             self._docker = None
 
     async def _fetch(self) -> list[ImageInfo]:
         generation = self._generation
-        try:
-            summaries = await self.docker.images.list(
-                filters={"label": [f"{labels.MANAGED}=true", f"{labels.HUB}={self.hub_name}"]}
-            )
-        except (aiodocker.DockerError, OSError) as e:
-            raise DockerUnavailable(f"the Docker engine did not answer: {e}") from e
+        summaries = await self.store.list_images()
         images = []
         for summary in summaries:
             images.extend(labels.parse_image(summary, self.hub_name))

@@ -245,6 +245,66 @@ def build_args(value) -> dict[str, str]:
     return out
 
 
+# Docker's grammar for a repository path component, and for the start of
+# one (an image prefix may end inside a component, as in "r2d-").
+_IMAGE_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_IMAGE_PARTIAL_RE = re.compile(r"(?:[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:[._]|__|-+)?)?")
+_REGISTRY_HOST_RE = re.compile(
+    r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*"
+)
+MAX_IMAGE_PREFIX_LENGTH = 200  # of Docker's 255 for a whole name
+
+
+def image_prefix(value) -> str:
+    """An image prefix: ``[host[:port]/]path-prefix``, the start of every
+    built image's name (``<prefix><environment>:<commit>``).
+
+    The optional first component is a registry host as Docker reads one
+    (with a '.' or a port, or ``localhost``); a port is allowed there only.
+    Everything is lowercase (Docker refuses uppercase in repository paths,
+    and one host has one spelling); no scheme, no credentials, no '..', no
+    empty component. Returned unchanged."""
+    field = "image_prefix"
+    if not isinstance(value, str):
+        raise InvalidInput(field, "must be a string")
+    if len(value) > MAX_IMAGE_PREFIX_LENGTH:
+        raise InvalidInput(field, f"must be at most {MAX_IMAGE_PREFIX_LENGTH} characters")
+    if "://" in value:
+        raise InvalidInput(field, "must not start with a scheme: write host:port/path/")
+    if value != value.lower() or re.search(r"[^a-z0-9._/:-]", value):
+        raise InvalidInput(
+            field,
+            "must be lowercase letters, digits, '.', '_', '-' and '/' (a registry host "
+            "may have a ':port'), without spaces, a scheme or credentials",
+        )
+    components = value.split("/")
+    first = components[0]
+    if ":" in value:
+        host, _, port = first.partition(":")
+        if len(components) < 2 or ":" not in first:
+            raise InvalidInput(field, "':' may only separate a registry host from its port")
+        if not _REGISTRY_HOST_RE.fullmatch(host):
+            raise InvalidInput(field, f"{host!r} is not a registry host name")
+        if not (port.isdigit() and str(int(port)) == port and 0 < int(port) < 65536):
+            raise InvalidInput(field, f"{port!r} is not a port (1-65535)")
+        components = components[1:]
+    elif len(components) > 1 and ("." in first or first == "localhost"):
+        if not _REGISTRY_HOST_RE.fullmatch(first):
+            raise InvalidInput(field, f"{first!r} is not a registry host name")
+        components = components[1:]
+    *whole, last = components
+    for component in whole:
+        if not _IMAGE_COMPONENT_RE.fullmatch(component):
+            raise InvalidInput(
+                field,
+                f"{component!r} is not a valid image path component "
+                "(no '..', no empty component, letters or digits at both ends)",
+            )
+    if not _IMAGE_PARTIAL_RE.fullmatch(last):
+        raise InvalidInput(field, f"{last!r} cannot start an image name")
+    return value
+
+
 def format_bytes(size: int | None) -> str:
     """Bytes -> the shortest exact '2G' / '512M' form, for labels and pages."""
     if size is None:

@@ -313,6 +313,17 @@ class Cluster:
             self._form_swarm()
         return self
 
+    def start_registry(self) -> Cluster:
+        """Only the registry, on the host's ``127.0.0.1:<port>`` (no network,
+        no nodes): for tests of the registry API alone. close() removes it."""
+        with self.step("sweep of earlier runs"):
+            self.swept = sweep()
+        with self.step("images (build when changed)"):
+            registry_image, self.built["registry"] = cached_image("registry")
+        with self.step("registry"):
+            self._start_registry(registry_image, join_network=False)
+        return self
+
     def _start_network(self) -> None:
         # --internal: the host drops whatever comes from this network for
         # another interface, so nothing a node sends leaves the machine;
@@ -328,7 +339,7 @@ class Cluster:
             raise ClusterError(f"network {self.network} has no gateway: {ipam}")
         Path(self.homes).mkdir(mode=0o755)
 
-    def _start_registry(self, image: str) -> None:
+    def _start_registry(self, image: str, join_network: bool = True) -> None:
         # Published on the host's loopback (no port can be published from an
         # internal network, so it starts on the default bridge), then joined
         # to the cluster network under its alias.
@@ -337,8 +348,9 @@ class Cluster:
         args += ["--network", "bridge", "--dns", "127.0.0.1"]
         args += ["-p", f"127.0.0.1:{self.registry_port}:{REGISTRY_PORT}"]
         run([*args, image])
-        connect = ["docker", "network", "connect", "--alias", REGISTRY_ALIAS, self.network]
-        run([*connect, self.registry_container])
+        if join_network:
+            connect = ["docker", "network", "connect", "--alias", REGISTRY_ALIAS, self.network]
+            run([*connect, self.registry_container])
         wait_for("the registry", lambda: self.registry_get("/v2/")[0] == 200, timeout=30)
 
     def _start_nodes(self, image: str) -> None:
