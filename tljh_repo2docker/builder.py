@@ -10,10 +10,41 @@ import ipaddress
 import sys
 from dataclasses import dataclass
 
-from traitlets import Bool, Enum, Integer, List, Unicode, validate
+from traitlets import Bool, Enum, Integer, List, Unicode, default, validate
 from traitlets.config import Configurable
 
 from . import labels, netguard, validation
+
+DEFAULT_PREFIX = "tljh-r2d/"
+# Catalogue timers with a registry (seconds): see catalogue_options.
+REGISTRY_MAX_AGE = 10.0
+REGISTRY_MAX_STALE = 60.0
+
+
+def registry_host(value: str) -> str:
+    """A registry as ``host[:port]`` (what image references start with), or
+    '' for none; ValueError with the reason otherwise. No scheme, path or
+    credentials: Docker would read those as parts of an image name."""
+    value = value.strip() if isinstance(value, str) else value
+    if not value:
+        return ""
+    if not isinstance(value, str) or len(value) > 255:
+        raise ValueError(f"registry must be host[:port], not {value!r}")
+    from .imagestore import split_prefix
+
+    if "/" in value or "@" in value:
+        raise ValueError(
+            f"registry must be host[:port] (e.g. registry.example.org:5000), not {value!r}: "
+            "no scheme, path or credentials"
+        )
+    try:
+        host, _ = split_prefix(f"{value}/")
+    except ValueError:
+        raise ValueError(
+            f"registry must be host[:port] with a '.' or a port in it, or localhost "
+            f"(e.g. registry.example.org:5000), not {value!r}"
+        ) from None
+    return host
 
 
 class BuildSettings(Configurable):
@@ -24,8 +55,36 @@ class BuildSettings(Configurable):
         help="Label value that marks images as this hub's; lets several hubs share one engine.",
     ).tag(config=True)
     image_prefix = Unicode(
-        "tljh-r2d/",
-        help="Prefix of built image names: <prefix><environment>:<commit[:12]>.",
+        help="Prefix of built image names: <prefix><environment>:<commit[:12]>. Default: "
+        "tljh-r2d/, or <registry>/tljh-r2d/ when a registry is set.",
+    ).tag(config=True)
+    registry = Unicode(
+        "",
+        help="host[:port] of the Docker registry that built images are pushed to and the "
+        "catalogue is read from (several hosts, issue 12); empty: the local engine only.",
+    ).tag(config=True)
+    registry_scheme = Enum(
+        ["https", "http"],
+        "https",
+        help="How the catalogue talks to the registry: http only on a trusted private "
+        "network (every engine must then list it in insecure-registries).",
+    ).tag(config=True)
+    prepull = Bool(
+        False,
+        help="After a push, pull the image on every swarm node the servers may run on "
+        "(a global job through prepull_manager), so that no first start waits for a pull.",
+    ).tag(config=True)
+    prepull_manager = Unicode(
+        "", help="URL of the swarm manager's engine that runs the pre-pull job."
+    ).tag(config=True)
+    prepull_constraints = List(
+        Unicode(),
+        ["node.role==worker"],
+        help="Placement constraints of the pre-pull job (the servers' own).",
+    ).tag(config=True)
+    prepull_timeout = Integer(600, help="Seconds a pre-pull may take.").tag(config=True)
+    push_timeout = Integer(
+        3600, help="Seconds a push of a built image to the registry may take."
     ).tag(config=True)
     user_id = Integer(
         1000, help="uid of the user inside built images; homes on the host are owned by it."
@@ -114,6 +173,14 @@ class BuildSettings(Configurable):
         "server's root folder. A launch with user option whole_home=true gets 'home'.",
     ).tag(config=True)
 
+    @default("image_prefix")
+    def _default_image_prefix(self):
+        return f"{self.registry}/{DEFAULT_PREFIX}" if self.registry else DEFAULT_PREFIX
+
+    @validate("registry")
+    def _valid_registry(self, proposal):
+        return registry_host(proposal["value"])
+
     @validate("image_prefix")
     def _valid_prefix(self, proposal):
         # a registry host with a port is allowed (issue 12): see validation
@@ -130,6 +197,41 @@ class BuildSettings(Configurable):
             except ValueError:
                 raise ValueError(f"allowed_networks: {value!r} is not a network (CIDR)") from None
         return proposal["value"]
+
+    def registry_problem(self) -> str:
+        """Why the registry and the image prefix do not fit together ('' if
+        they do): with a registry, images must be named under it, or a push
+        would go to whichever registry the prefix names (Docker Hub)."""
+        if self.registry and not self.image_prefix.startswith(f"{self.registry}/"):
+            return (
+                f"repo2docker.image_prefix {self.image_prefix!r} is not under the registry "
+                f"{self.registry!r}: leave image_prefix unset, or start it with "
+                f"{self.registry}/"
+            )
+        return ""
+
+    def image_store(self):
+        """The registry's image store, or None on a single host (the local
+        engine's, which the catalogue makes itself)."""
+        if not self.registry:
+            return None
+        from .imagestore import RegistryImageStore
+
+        return RegistryImageStore(self.hub_name, self.image_prefix, scheme=self.registry_scheme)
+
+    def catalogue_options(self, max_age: float = 0.5) -> dict:
+        """Extra ``Catalogue`` arguments: none on a single host (today's
+        catalogue, unchanged); with a registry, its store and longer timers,
+        because a listing costs about 0.7 s at 200 environments, not a local
+        engine's few milliseconds."""
+        store = self.image_store()
+        if store is None:
+            return {}
+        return {
+            "store": store,
+            "max_age": max(max_age, REGISTRY_MAX_AGE),
+            "max_stale": REGISTRY_MAX_STALE,
+        }
 
     def net_guard(self) -> netguard.NetGuard:
         """The network rules every fetch of a repository goes through."""

@@ -18,6 +18,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import aiodocker
+import aiohttp
 
 from . import access, baseimages, gitref, imageevents, labels, runner
 from .builder import BuildRequest, BuildSettings, build_config, repo2docker_argv
@@ -68,6 +69,102 @@ async def image_labels(docker: aiodocker.Docker, tag: str) -> dict | None:
             return None
         raise
     return (info.get("Config") or {}).get("Labels") or {}
+
+
+def push_progress_line(item) -> str:
+    """One line of the build log for one item of Docker's push stream; ''
+    for the byte-count updates (hundreds per layer, nothing to read)."""
+    if not isinstance(item, dict) or item.get("progressDetail") or item.get("progress"):
+        return ""
+    status = str(item.get("status") or "").strip()
+    if not status:
+        return ""
+    layer = str(item.get("id") or "").strip()
+    return f"{layer}: {status}\n" if layer else f"{status}\n"
+
+
+async def push_image(
+    docker: aiodocker.Docker, tag: str, on_line: Callable[[LogLine], None], timeout: float
+) -> None:
+    """Push ``tag`` (named under the registry) with the engine that built it,
+    its progress into the build log; BuildFailed with the registry's own
+    message when the push fails or takes longer than ``timeout`` seconds."""
+    name, _, version = tag.rpartition(":")
+    on_line(LogLine("pushing", f"Pushing {tag} to the registry\n"))
+
+    async def stream():
+        async for item in docker.images.push(name, tag=version, stream=True):
+            line = push_progress_line(item)
+            if line:
+                on_line(LogLine("pushing", line))
+
+    try:
+        await asyncio.wait_for(stream(), timeout)
+    except aiodocker.DockerError as e:
+        raise BuildFailed(f"pushing {tag} to the registry failed: {e.message}") from e
+    except asyncio.TimeoutError:
+        raise BuildFailed(f"pushing {tag} to the registry took over {timeout:g} s") from None
+    on_line(LogLine("pushing", f"Pushed {tag}\n"))
+
+
+async def prepull_image(settings: BuildSettings, tag: str, on_line: Callable[[LogLine], None]):
+    """Pull the pushed image on the swarm's nodes; a failure is logged, not
+    fatal: the image is in the registry and a worker pulls it at start."""
+    from .prepull import prepull
+
+    on_line(LogLine("pushing", f"Pre-pulling {tag} on the swarm's nodes\n"))
+    try:
+        await prepull(
+            settings.prepull_manager,
+            tag,
+            list(settings.prepull_constraints),
+            settings.hub_name,
+            lambda text: on_line(LogLine("pushing", text)),
+            timeout=settings.prepull_timeout,
+        )
+    except (aiodocker.DockerError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+        reason = e.message if isinstance(e, aiodocker.DockerError) else str(e)
+        on_line(LogLine("pushing", f"Pre-pull not done ({reason}); workers pull at start\n"))
+
+
+@contextlib.asynccontextmanager
+async def registry_store(settings: BuildSettings):
+    """The registry's image store for one build (None on a single host)."""
+    store = settings.image_store()
+    try:
+        yield store
+    finally:
+        if store is not None:
+            await store.close()
+
+
+async def registry_labels(store, tag: str) -> dict | None:
+    """This hub's labels of ``tag`` in the registry, or None when it is not
+    there; BuildFailed when the registry does not answer (a build that
+    cannot be pushed would fail anyway)."""
+    from .imagestore import StoreUnavailable
+
+    try:
+        return await store.image_labels(tag)
+    except StoreUnavailable as e:
+        raise BuildFailed(str(e)) from e
+
+
+async def built_labels(docker: aiodocker.Docker, settings: BuildSettings, tag: str) -> dict | None:
+    """The labels of ``tag`` where servers start it from: the local engine
+    on a single host; with a registry, the registry (a local image that was
+    never pushed cannot start on a worker: building it again pushes it).
+    None when it is not there or the registry does not answer (the build
+    that follows then says why)."""
+    if not settings.registry:
+        return await image_labels(docker, tag)
+    from .imagestore import StoreUnavailable
+
+    async with registry_store(settings) as store:
+        try:
+            return await store.image_labels(tag)
+        except StoreUnavailable:
+            return None
 
 
 async def make_current(docker, hub: str, name: str, tag: str, image_labels_: dict):
@@ -171,6 +268,9 @@ async def run_build(
     """
     if request.repo.lower().startswith("file:") and not request.trusted:
         raise BuildFailed("local repositories can only be built by administrators")
+    problem = settings.registry_problem()
+    if problem:  # the push would go to whichever registry the prefix names
+        raise BuildFailed(problem)
     if request.ref:
         on_line(LogLine("fetching", f"Resolving {request.ref} in {request.repo}\n"))
     try:
@@ -190,11 +290,21 @@ async def run_build(
     if on_resolved is not None:
         on_resolved(commit)
 
-    existing = await image_labels(docker, tag)
-    if existing is not None and existing.get(labels.HUB) == settings.hub_name:
-        on_line(LogLine("built", f"Image {tag} is already built for this commit\n"))
-        await make_current(docker, settings.hub_name, request.name, tag, existing)
-        return BuildResult(tag, commit, cached=True)
+    async with registry_store(settings) as store:  # None on a single host
+        existing = await image_labels(docker, tag)
+        if existing is not None and existing.get(labels.HUB) == settings.hub_name:
+            on_line(LogLine("built", f"Image {tag} is already built for this commit\n"))
+            if store is not None and await registry_labels(store, tag) is None:
+                # built here before but not pushed (its push failed): push, never rebuild
+                await push_image(docker, tag, on_line, settings.push_timeout)
+            await make_current(docker, settings.hub_name, request.name, tag, existing)
+            return BuildResult(tag, commit, cached=True)
+        if store is not None and await registry_labels(store, tag) is not None:
+            # in the registry, not on this engine: the nodes pull it from there.
+            # A pushed image cannot be relabelled (make_current); the database
+            # holds what changes (issue 12).
+            on_line(LogLine("built", f"Image {tag} is already in the registry\n"))
+            return BuildResult(tag, commit, cached=True)
 
     if not request.trusted and request.ref:
         on_line(LogLine("fetching", "Checking the images the Dockerfile starts from\n"))
@@ -217,6 +327,10 @@ async def run_build(
     built = await image_labels(docker, tag)
     if built is None or built.get(labels.COMMIT) != commit:
         raise BuildFailed(f"repo2docker finished but image {tag} is missing or unlabelled")
+    if settings.registry:
+        await push_image(docker, tag, on_line, settings.push_timeout)
+        if settings.prepull and settings.prepull_manager:
+            await prepull_image(settings, tag, on_line)
     on_line(LogLine("built", f"Built image {tag}\n"))
     await imageevents.announce(docker, tag)  # BuildKit's tag is silent: tell the catalogues
     return BuildResult(tag, commit, cached=False)

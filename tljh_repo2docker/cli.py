@@ -107,7 +107,8 @@ async def _build(args) -> int:
 
 async def _list(args) -> int:
     # one listing and out: no event stream to follow
-    catalogue = Catalogue(_settings(args).hub_name, watch_events=False)
+    settings = _settings(args)
+    catalogue = Catalogue(settings.hub_name, watch_events=False, **settings.catalogue_options())
     try:
         environments = await catalogue.environments(fresh=True)
     except DockerUnavailable as e:

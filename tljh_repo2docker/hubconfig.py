@@ -8,6 +8,7 @@ truth for the configuration.
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import json
 import logging
 import os
@@ -17,12 +18,15 @@ import socket
 import struct
 import sys
 import time
+from dataclasses import dataclass
 
 from . import tljhconfig
 from .assets import TEMPLATES_DIR
 
 GROUP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,254}")
 SPAWNER_CLASS = "tljh_repo2docker.spawner.Repo2DockerSpawner"
+SWARM_SPAWNER_CLASS = "tljh_repo2docker.swarmspawner.Repo2DockerSwarmSpawner"
+DEFAULT_SWARM_MANAGER = "unix:///var/run/docker.sock"
 SERVICE_NAME = "environments"
 DEFAULT_SERVICE_PORT = 15003
 READ_SCOPE = "custom:environments:read"
@@ -72,13 +76,204 @@ KEYS = {
     "health_min_free_disk": ("EnvironmentsService", "health_min_free_disk"),
     "health_cache_seconds": ("EnvironmentsService", "health_cache_seconds"),
     "startup_retry_seconds": ("EnvironmentsService", "startup_retry_seconds"),
+    "registry": ("BuildSettings", "registry"),
+    "registry_scheme": ("BuildSettings", "registry_scheme"),
 }
 # Keys read here rather than mapped onto a trait.
-OWN_KEYS = {"hub_ip", "service_port", "build_policy", "max_servers_per_user"}
+OWN_KEYS = {"hub_ip", "service_port", "build_policy", "max_servers_per_user", "swarm"}
+# repo2docker.swarm.* (several hosts, issue 12)
+SWARM_KEYS = ("enabled", "manager", "hub_ip", "placement_constraints", "prepull")
+# Repo2DockerSwarmSpawner.placement_constraints' default (not imported here:
+# the hook must not load dockerspawner for a single host)
+DEFAULT_PLACEMENT = ("node.role==worker",)
+_HOSTNAME_RE = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+# Swarm's constraint grammar, narrowed: <attribute> ==|!= <value>
+_CONSTRAINT_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}\s*(?:==|!=)\s*[A-Za-z0-9_.:/-]{1,128}")
+MAX_CONSTRAINTS = 20
 
 
 class UnknownKey(ValueError):
     pass
+
+
+class ConfigError(ValueError):
+    """A setting that would leave the hub broken (servers started where
+    nobody meant, a hub no worker reaches). The hub does not start and
+    its log says which key and why, instead of starting half-working."""
+
+
+@dataclass(frozen=True)
+class SwarmSettings:
+    """``repo2docker.swarm.*`` checked: where the swarm's manager engine is,
+    where the hub listens for its servers, where their tasks may run."""
+
+    manager: str
+    hub_ip: str
+    placement_constraints: tuple[str, ...] | None  # None: the spawner's default
+    prepull: bool = False
+
+
+def manager_url(value) -> str:
+    """The manager engine's URL: ``unix:///absolute/path`` or ``tcp://host:port``."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 1024:
+        raise ConfigError(f"repo2docker.swarm.manager must be a URL, not {value!r}")
+    value = value.strip()
+    if value.startswith("unix://"):
+        path = value[len("unix://") :]
+        parts = path.split("/")
+        if not path.startswith("/") or ".." in parts or any(c in path for c in "?#\x00 "):
+            raise ConfigError(
+                f"repo2docker.swarm.manager {value!r}: a unix socket needs an absolute path "
+                f"(e.g. {DEFAULT_SWARM_MANAGER})"
+            )
+        return value
+    if value.startswith("tcp://"):
+        host, colon, port = value[len("tcp://") :].rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            ipaddress.ip_address(host)
+            known = True
+        except ValueError:
+            known = bool(_HOSTNAME_RE.fullmatch(host)) and len(host) <= 253
+        if not colon or not known or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"repo2docker.swarm.manager {value!r}: a TCP engine needs tcp://host:port "
+                "(e.g. tcp://10.0.0.2:2376)"
+            )
+        return value
+    raise ConfigError(
+        f"repo2docker.swarm.manager {value!r} must start with unix:// (the hub runs on the "
+        "manager) or tcp:// (host:port of the manager's engine)"
+    )
+
+
+def swarm_hub_ip(value) -> str:
+    """The address the hub binds and servers on workers call back: one
+    address of this host, reachable from the workers."""
+    try:
+        address = ipaddress.ip_address(str(value).strip())
+    except ValueError:
+        raise ConfigError(
+            f"repo2docker.swarm.hub_ip must be this host's IP address that the workers "
+            f"reach (e.g. its private network address), not {value!r}"
+        ) from None
+    if address.is_loopback or address.is_unspecified or address.is_multicast:
+        raise ConfigError(
+            f"repo2docker.swarm.hub_ip {value!r}: workers cannot reach a loopback address, "
+            "and an unspecified one would open the hub's port on every interface; give the "
+            "control node's address on the network the workers share"
+        )
+    return str(address)
+
+
+def constraints(value) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not 0 < len(value) <= MAX_CONSTRAINTS:
+        raise ConfigError(
+            "repo2docker.swarm.placement_constraints must be a list of 1 to "
+            f"{MAX_CONSTRAINTS} constraints such as node.role==worker, not {value!r}"
+        )
+    for item in value:
+        if not isinstance(item, str) or not _CONSTRAINT_RE.fullmatch(item.strip()):
+            raise ConfigError(
+                f"repo2docker.swarm.placement_constraints: {item!r} is not a constraint "
+                "(<attribute>==<value> or <attribute>!=<value>, e.g. node.labels.gpu==yes)"
+            )
+    return tuple(item.strip() for item in value)
+
+
+def check_registry(settings: dict) -> None:
+    """repo2docker.registry, registry_scheme and image_prefix fit together."""
+    from .builder import registry_host
+
+    try:
+        registry = registry_host(settings.get("registry") or "")
+    except ValueError as e:
+        raise ConfigError(f"repo2docker.{e}") from None
+    scheme = settings.get("registry_scheme", "https")
+    if scheme not in ("https", "http"):
+        raise ConfigError(f"repo2docker.registry_scheme must be https or http, not {scheme!r}")
+    prefix = settings.get("image_prefix")
+    if registry and prefix and not (isinstance(prefix, str) and prefix.startswith(f"{registry}/")):
+        raise ConfigError(
+            f"repo2docker.image_prefix {prefix!r} is not under repo2docker.registry "
+            f"{registry!r}: pushes would go elsewhere (Docker Hub). Unset image_prefix "
+            f"(default {registry}/tljh-r2d/) or start it with {registry}/"
+        )
+
+
+def swarm_settings(settings: dict) -> SwarmSettings | None:
+    """``repo2docker.swarm.*`` checked; None when the swarm is not enabled
+    (today's single host). ConfigError on anything that would break a hub."""
+    raw = settings.get("swarm")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"repo2docker.swarm must be a section of settings, not {raw!r}")
+    unknown = sorted(str(k) for k in raw if k not in SWARM_KEYS)
+    if unknown:
+        # a typo ("enable") must not silently leave the hub on one host
+        raise ConfigError(
+            f"unknown key(s) repo2docker.swarm.{', repo2docker.swarm.'.join(unknown)}: "
+            f"known are {', '.join(SWARM_KEYS)}"
+        )
+    enabled = raw.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"repo2docker.swarm.enabled must be true or false, not {enabled!r}")
+    if not enabled:
+        return None
+    if not settings.get("registry"):
+        raise ConfigError(
+            "repo2docker.swarm.enabled needs repo2docker.registry (host:port): workers "
+            "pull the environments' images from there"
+        )
+    hub_ip = raw.get("hub_ip") or settings.get("hub_ip")
+    if not hub_ip:
+        raise ConfigError(
+            "repo2docker.swarm.enabled needs repo2docker.swarm.hub_ip: the control node's "
+            "address that the workers reach (the hub listens there for their servers)"
+        )
+    placement = raw.get("placement_constraints")
+    prepull = raw.get("prepull", False)
+    if not isinstance(prepull, bool):
+        raise ConfigError(f"repo2docker.swarm.prepull must be true or false, not {prepull!r}")
+    return SwarmSettings(
+        manager=manager_url(raw.get("manager") or DEFAULT_SWARM_MANAGER),
+        hub_ip=swarm_hub_ip(hub_ip),
+        placement_constraints=None if placement is None else constraints(placement),
+        prepull=prepull,
+    )
+
+
+def swarm_build_settings(c, swarm: SwarmSettings) -> None:
+    """What the builder (in the service) needs of the swarm: where to pre-pull."""
+    if swarm.prepull:
+        c.BuildSettings.prepull = True
+        c.BuildSettings.prepull_manager = swarm.manager
+        c.BuildSettings.prepull_constraints = list(swarm.placement_constraints or DEFAULT_PLACEMENT)
+
+
+def apply_swarm_config(c, swarm: SwarmSettings) -> list[str]:
+    """The swarm backend: its class, its engine, where its tasks may run."""
+    warnings = []
+    c.JupyterHub.spawner_class = SWARM_SPAWNER_CLASS
+    # the hub binds only this address: the workers' servers call back here
+    c.JupyterHub.hub_ip = swarm.hub_ip
+    # dockerspawner's client: the manager's engine (services live there)
+    c.Repo2DockerSwarmSpawner.client_kwargs = {"base_url": swarm.manager}
+    if swarm.placement_constraints is not None:
+        c.Repo2DockerSwarmSpawner.placement_constraints = list(swarm.placement_constraints)
+    if swarm.manager.startswith("tcp://"):
+        warnings.append(
+            f"repo2docker.swarm.manager {swarm.manager}: a Docker engine on TCP is root on "
+            "that host for whoever reaches the port; use TLS "
+            "(c.Repo2DockerSwarmSpawner.tls_config in a jupyterhub_config.d file) or a "
+            "unix socket"
+        )
+    return warnings
 
 
 def bridge_ip(interface: str = "docker0") -> str | None:
@@ -128,6 +323,10 @@ def apply_hub_config(c, settings: dict, docker_bridge_ip: str | None) -> list[st
     config.yaml; unknown keys are reported, not applied).
     """
     warnings = []
+    # checked before anything is set: a bad value stops the hub with the
+    # key and the reason instead of leaving it half configured (issue 12)
+    check_registry(settings)
+    swarm = swarm_settings(settings)
     c.JupyterHub.spawner_class = SPAWNER_CLASS
     # Servers keep running while the hub restarts (tljh-config reload hub);
     # the spawner finds its containers again from its saved state.
@@ -136,7 +335,9 @@ def apply_hub_config(c, settings: dict, docker_bridge_ip: str | None) -> list[st
     # Containers reach the hub on the Docker bridge; binding only that
     # address keeps the hub's port off every public interface.
     hub_ip = settings.get("hub_ip") or docker_bridge_ip
-    if hub_ip:
+    if swarm is not None:
+        warnings += apply_swarm_config(c, swarm)
+    elif hub_ip:
         c.JupyterHub.hub_ip = hub_ip
     else:
         warnings.append(
@@ -305,6 +506,9 @@ def plugin_config(settings: dict, install_prefix: str):
 def settings_to_config(c, settings: dict) -> list[str]:
     """Set the traits that tljh-config keys map to; warn about unknown keys."""
     warnings = []
+    swarm = swarm_settings(settings)
+    if swarm is not None:
+        swarm_build_settings(c, swarm)
     for key, value in settings.items():
         if key in OWN_KEYS:
             continue

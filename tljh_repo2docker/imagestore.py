@@ -529,6 +529,15 @@ class RegistryImageStore:
         self._configs[digest] = image_labels
         return image_labels
 
+    # -- one image ------------------------------------------------------------
+    async def image_labels(self, ref: str) -> dict | None:
+        """The labels of ``ref`` (a tag of this store's host and prefix) when
+        it is this hub's image, else None ("is this commit built?" for the
+        builder; issue 12). StoreUnavailable when the registry does not answer."""
+        repository, tag = self._split_ref(ref)
+        summary = await self._tag_image(repository, tag, set())
+        return None if summary is None else dict(summary.get("Labels") or {})
+
     # -- removing ------------------------------------------------------------
     def _split_ref(self, ref: str) -> tuple[str, str]:
         """``host/repository:tag`` of this store -> (repository, tag)."""

@@ -68,15 +68,24 @@ from .builder import BuildSettings
 from .catalogue import Catalogue, DockerUnavailable
 from .hubconfig import SERVICE_NAME
 
-_catalogues: dict[tuple[str, float], Catalogue] = {}
+_catalogues: dict[tuple, Catalogue] = {}
 _templates = jinja_env()
 
 
-def shared_catalogue(hub_name: str, max_age: float) -> Catalogue:
-    """One catalogue (and one cache) per hub process, shared by all spawners."""
-    key = (hub_name, max_age)
+def shared_catalogue(
+    hub_name: str, max_age: float, settings: BuildSettings | None = None
+) -> Catalogue:
+    """One catalogue (and one cache) per hub process, shared by all spawners.
+    With a registry in ``settings`` (issue 12) it lists the registry."""
+    registry = (
+        (settings.image_prefix, settings.registry_scheme)
+        if settings and settings.registry
+        else None
+    )
+    key = (hub_name, max_age) if registry is None else (hub_name, max_age, registry)
     if key not in _catalogues:
-        _catalogues[key] = Catalogue(hub_name, max_age=max_age)
+        options = settings.catalogue_options(max_age) if registry else {}
+        _catalogues[key] = Catalogue(hub_name, **{"max_age": max_age, **options})
     return _catalogues[key]
 
 
@@ -227,7 +236,9 @@ class Repo2DockerSpawnerMixin(LoggingConfigurable):
 
     @property
     def catalogue(self) -> Catalogue:
-        return shared_catalogue(self.build_settings.hub_name, self.catalogue_max_age)
+        return shared_catalogue(
+            self.build_settings.hub_name, self.catalogue_max_age, self.build_settings
+        )
 
     # --- what this user may start --------------------------------------------
     def viewer(self) -> access.Viewer:

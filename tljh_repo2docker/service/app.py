@@ -227,7 +227,8 @@ class EnvironmentsService(Application):
         self._images_checked = 0.0
         self._images_refresh = None
         self.metrics = Metrics()
-        self.catalogue = Catalogue(self.settings.hub_name)
+        # a registry's store and timers when one is set (issue 12); else as ever
+        self.catalogue = Catalogue(self.settings.hub_name, **self.settings.catalogue_options())
         # one client for the catalogue and the rest: made lazily, so that a
         # missing Docker fails requests (503), not the start
         self.catalogue._docker = self.docker

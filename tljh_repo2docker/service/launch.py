@@ -25,7 +25,7 @@ from tornado.iostream import StreamClosedError
 
 from .. import gitref, providers
 from .._version import __version__
-from ..buildjob import archive_id, image_labels
+from ..buildjob import archive_id, built_labels
 from ..labels import image_tag
 from ..validation import InvalidInput
 from . import consent, fetchsite, launchenvs, store
@@ -502,7 +502,7 @@ class BuildEvents(APIHandler):
         # build unless this commit has an image; follow a build already running
         built_now = False
         for _attempt in range(3):
-            if await image_labels(svc.docker, tag) is not None:
+            if await built_labels(svc.docker, svc.settings, tag) is not None:
                 break
             if not self.may_build():
                 return await self.refuse(self.no_build_message(version_only=True))
