@@ -246,6 +246,41 @@ def test_a_stream_that_never_closes_cannot_hold_up_shutdown(monkeypatch):
     assert time.monotonic() - began < 3
 
 
+def test_a_cancel_lost_while_connecting_still_stops_the_watcher(monkeypatch):
+    """Python 3.11's asyncio.wait_for can swallow a cancel that arrives as its
+    inner call finishes: the connection is made, the cancel seems gone. The
+    watcher must still stop (it once waited forever in _pump: CI stop 14's
+    `tljh-repo2docker list` hung for 600 s)."""
+    monkeypatch.setattr(imageevents, "CLOSE_TIMEOUT", 3.0)
+    streams = []
+    connecting = asyncio.Event
+
+    async def scenario():
+        entered = connecting()
+
+        async def connect(since):
+            entered.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass  # swallowed, as the race does
+            stream = FakeStream()
+            streams.append(stream)
+            return stream
+
+        watcher = imageevents.ImageEventWatcher(lambda: None, lambda e: True, connect)
+        watcher.start()
+        await entered.wait()
+        started = time.monotonic()
+        await watcher.close()
+        return time.monotonic() - started, watcher
+
+    took, watcher = asyncio.run(scenario())
+    assert took < 1, f"close took {took:.1f} s"
+    assert not watcher.running
+    assert streams and streams[0].closed
+
+
 # --- the catalogue's cache ------------------------------------------------------
 
 

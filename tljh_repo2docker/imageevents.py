@@ -127,7 +127,7 @@ class _DockerImageEvents:
         try:
             # a round trip first: an absent engine fails here, not silently
             # inside aiodocker's background task
-            await asyncio.wait_for(docker.version(), timeout)
+            await within(timeout, docker.version())
             subscriber = docker.events.subscribe(since=str(since), filters={"type": ["image"]})
         except BaseException:
             await docker.close()
@@ -160,6 +160,31 @@ def docker_connect(url: str | None = None) -> Connect:
 # must not hold up the process that is shutting the watcher down (an
 # asyncio.run() waits for every task it cancels).
 CLOSE_TIMEOUT = 5.0
+
+
+def cancel_requested() -> bool:
+    """Whether the running task has been asked to stop (Python 3.11+ knows;
+    a cancel can be lost in a race inside ``asyncio.wait_for`` before 3.12)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling and cancelling())
+
+
+async def within(seconds: float, awaitable):
+    """``awaitable`` with a time limit, without wait_for's lost-cancel race
+    where ``asyncio.timeout`` exists (3.11+)."""
+    timeout = getattr(asyncio, "timeout", None)
+    if timeout is None:
+        return await asyncio.wait_for(awaitable, seconds)
+    async with timeout(seconds):
+        return await awaitable
+
+
+async def _close_quietly(stream) -> None:
+    try:
+        await within(CLOSE_TIMEOUT, stream.close())
+    except (Exception, asyncio.TimeoutError):
+        log.debug("closing the image event stream failed", exc_info=True)
 
 
 class ImageEventWatcher:
@@ -235,6 +260,11 @@ class ImageEventWatcher:
                 if failures == 1:
                     log.info("no Docker image events (%s); catalogue uses its timers", e)
             else:
+                if cancel_requested():
+                    # a cancel that arrived as the connection was made (and
+                    # that Python 3.11's wait_for can swallow): stop here
+                    await _close_quietly(stream)
+                    raise asyncio.CancelledError
                 failures = 0
                 connected_at = self._clock()
                 self.connected = True
@@ -249,10 +279,7 @@ class ImageEventWatcher:
                 finally:
                     self.connected = False
                     connected_for = self._clock() - connected_at
-                    try:
-                        await asyncio.wait_for(stream.close(), CLOSE_TIMEOUT)
-                    except (Exception, asyncio.TimeoutError):
-                        log.debug("closing the image event stream failed", exc_info=True)
+                    await _close_quietly(stream)
             await asyncio.sleep(self._backoff.after(connected_for))
 
     async def _pump(self, stream: EventStream) -> None:
