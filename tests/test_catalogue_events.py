@@ -249,7 +249,7 @@ def test_a_stream_that_never_closes_cannot_hold_up_shutdown(monkeypatch):
 def test_a_cancel_lost_while_connecting_still_stops_the_watcher(monkeypatch):
     """Python 3.11's asyncio.wait_for can swallow a cancel that arrives as its
     inner call finishes: the connection is made, the cancel seems gone. The
-    watcher must still stop (it once waited forever in _pump: CI stop 14's
+    watcher must still stop (it once waited forever in _pump: a CI run of this session:
     `tljh-repo2docker list` hung for 600 s)."""
     monkeypatch.setattr(imageevents, "CLOSE_TIMEOUT", 3.0)
     streams = []
