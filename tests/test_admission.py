@@ -6,12 +6,12 @@ import asyncio
 import json
 import logging
 import socket
+import time
 
 import pytest
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from tljh_repo2docker import admission, spawnmetrics
-from tljh_repo2docker.spawner import fetch_quietly
+from tljh_repo2docker.spawnermixin import http_answers
 
 
 def test_waiting_message():
@@ -188,32 +188,92 @@ def test_records_rotate_and_read_back(tmp_path):
     assert json.loads(line)["seconds"] == 29
 
 
-# --- a cancelled readiness check -------------------------------------------------------
-def test_cancelled_readiness_check_logs_nothing(caplog):
-    """JupyterHub cancels start() at its start_timeout; a readiness request
-    then in flight must not log "Exception after Future was cancelled". The
-    plain fetch (what the spawner did) shows that this test sees the log."""
+# --- the readiness check ------------------------------------------------------------
+def serve(handler):
+    """A TCP server on a free loopback port running ``handler(reader, writer)``."""
 
-    async def cancel_in_flight(fetch, port: int):
-        request = HTTPRequest(f"http://127.0.0.1:{port}/", request_timeout=0.3)
-        task = asyncio.ensure_future(fetch(AsyncHTTPClient(), request))
-        await asyncio.sleep(0.05)
+    async def start():
+        return await asyncio.start_server(handler, "127.0.0.1", 0)
+
+    return start
+
+
+async def answers_http(reader, writer):
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 0\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+async def accepts_and_closes(reader, writer):
+    # what Docker's port proxy does while the server in the container does not listen
+    writer.close()
+
+
+async def never_answers(reader, writer):
+    await asyncio.sleep(3600)
+
+
+def probe(handler, timeout=0.3):
+    async def scenario():
+        server = await serve(handler)()
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await http_answers("127.0.0.1", port, "/user/a/", timeout=timeout)
+        finally:
+            server.close()
+
+    return asyncio.run(scenario())
+
+
+def test_readiness_is_any_http_answer():
+    assert probe(answers_http) is True
+
+
+def test_a_port_proxy_without_a_server_behind_is_not_ready():
+    assert probe(accepts_and_closes) is False
+
+
+def test_a_silent_server_is_not_ready_once_the_check_times_out():
+    started = time.monotonic()
+    assert probe(never_answers, timeout=0.3) is False
+    assert time.monotonic() - started < 2
+
+
+def test_nothing_listening_is_not_ready():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: refused
+        assert asyncio.run(http_answers("127.0.0.1", port, "/")) is False
+
+
+@pytest.mark.parametrize("path", ["/a b", "/a\r\nX: y", "relative"])
+def test_the_request_path_cannot_inject_a_header(path):
+    with pytest.raises(ValueError):
+        asyncio.run(http_answers("127.0.0.1", 1, path))
+
+
+def test_a_cancelled_check_closes_its_connection_and_logs_nothing(caplog):
+    """JupyterHub cancels start() at its start_timeout, maybe mid-check."""
+    closed = asyncio.Event
+
+    async def scenario():
+        gone = closed()
+
+        async def watch(reader, writer):
+            await reader.read()  # until the client closes its side
+            gone.set()
+
+        server = await asyncio.start_server(watch, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        task = asyncio.ensure_future(http_answers("127.0.0.1", port, "/", timeout=5))
+        await asyncio.sleep(0.1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.6)  # the request times out meanwhile
+        await asyncio.wait_for(gone.wait(), 2)
+        server.close()
 
-    def plain(client, request):
-        return client.fetch(request)
-
-    # a server that accepts connections and never answers
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(8)
-        port = silent.getsockname()[1]
-        caplog.set_level(logging.ERROR, logger="tornado.application")
-        asyncio.run(cancel_in_flight(plain, port))
-        assert "Exception after Future was cancelled" in caplog.text
-        caplog.clear()
-        asyncio.run(cancel_in_flight(fetch_quietly, port))
-        assert caplog.text == ""
+    caplog.set_level(logging.WARNING)
+    asyncio.run(scenario())
+    assert "Exception" not in caplog.text

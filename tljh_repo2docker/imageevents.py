@@ -33,6 +33,7 @@ from typing import Protocol
 import aiodocker
 
 from . import labels
+from .aiotime import cancel_requested, within
 
 log = logging.getLogger(__name__)
 
@@ -160,24 +161,6 @@ def docker_connect(url: str | None = None) -> Connect:
 # must not hold up the process that is shutting the watcher down (an
 # asyncio.run() waits for every task it cancels).
 CLOSE_TIMEOUT = 5.0
-
-
-def cancel_requested() -> bool:
-    """Whether the running task has been asked to stop (Python 3.11+ knows;
-    a cancel can be lost in a race inside ``asyncio.wait_for`` before 3.12)."""
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    return bool(cancelling and cancelling())
-
-
-async def within(seconds: float, awaitable):
-    """``awaitable`` with a time limit, without wait_for's lost-cancel race
-    where ``asyncio.timeout`` exists (3.11+)."""
-    timeout = getattr(asyncio, "timeout", None)
-    if timeout is None:
-        return await asyncio.wait_for(awaitable, seconds)
-    async with timeout(seconds):
-        return await awaitable
 
 
 async def _close_quietly(stream) -> None:

@@ -32,8 +32,6 @@ from .spawnermixin import (  # noqa: F401
     Repo2DockerSpawnerMixin,
     SpawnError,
     _catalogues,
-    _consume,
-    fetch_quietly,
     ready_poll_delay,
     shared_catalogue,
     status_check_interval,
