@@ -12,6 +12,7 @@ import pytest
 
 from .dockerfixtures import dump_container_logs, make_git_repo, remove_hub_objects
 from .hubprocess import HubProcess, hub_settings_for, missing_tools
+from .swarm.cluster import Cluster, missing_prerequisites
 
 
 def pytest_configure(config):
@@ -79,3 +80,17 @@ def run_cli(hub: HubProcess, *args: str, check: bool = True) -> subprocess.Compl
     if check and result.returncode != 0:
         raise AssertionError(f"CLI failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+@pytest.fixture(scope="module")
+def registry(docker_ready):
+    """A real registry alone (the swarm harness's), for a module; nothing left after."""
+    problem = missing_prerequisites()
+    if problem:
+        pytest.fail(problem)
+    cluster = Cluster(workers=0)
+    try:
+        yield cluster.start_registry()
+    finally:
+        cluster.close()
+        assert not cluster.leftovers()

@@ -32,7 +32,7 @@ from tljh_repo2docker.imagestore import (
     StoreUnavailable,
 )
 
-from .swarm.cluster import BASE_IMAGE, Cluster, image_id, missing_prerequisites
+from .swarm.cluster import BASE_IMAGE, image_id
 
 HUB = "imgstore-hub"
 C1 = "1111111111111111111111111111111111111111"
@@ -396,19 +396,6 @@ def test_catalogue_reads_any_store_and_watches_docker_only():
 
 
 # --- a real registry ------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def registry(docker_ready):
-    problem = missing_prerequisites()
-    if problem:
-        pytest.fail(problem)
-    cluster = Cluster(workers=0)
-    try:
-        yield cluster.start_registry()
-    finally:
-        cluster.close()
-        assert not cluster.leftovers()
 
 
 def registry_request(cluster, method, path, accept=""):

@@ -25,22 +25,9 @@ from tljh_repo2docker.catalogue import Catalogue
 from tljh_repo2docker.imagestore import RegistryImageStore
 
 from .dockerfixtures import commit_all
-from .swarm.cluster import BASE_IMAGE, Cluster, free_port, missing_prerequisites
+from .swarm.cluster import BASE_IMAGE, Cluster, free_port
 
 HUB = f"push-{os.urandom(3).hex()}"
-
-
-@pytest.fixture(scope="module")
-def registry(docker_ready):
-    problem = missing_prerequisites()
-    if problem:
-        pytest.fail(problem)
-    cluster = Cluster(workers=0)
-    try:
-        yield cluster.start_registry()
-    finally:
-        cluster.close()
-        assert not cluster.leftovers()
 
 
 @pytest.fixture
