@@ -156,6 +156,15 @@ def test_prepull_tells_the_builder_where_and_on_which_nodes():
     assert BuildSettings(config=configure(SWARM)[0]).prepull is False
 
 
+def test_the_service_learns_where_servers_run():
+    """Versions in use and environments with servers are the swarm's, in
+    swarm mode with or without pre-pull; this host's otherwise."""
+    service, _ = hubconfig.plugin_config(SWARM, "/nonexistent")
+    assert BuildSettings(config=service).swarm_manager == hubconfig.DEFAULT_SWARM_MANAGER
+    single, _ = hubconfig.plugin_config({}, "/nonexistent")
+    assert BuildSettings(config=single).swarm_manager == ""
+
+
 def test_tcp_manager_is_accepted_with_a_warning():
     c, warnings = configure(
         {**SWARM, "swarm": {**SWARM["swarm"], "manager": "tcp://10.0.0.2:2376"}}

@@ -77,6 +77,12 @@ class BuildSettings(Configurable):
     prepull_manager = Unicode(
         "", help="URL of the swarm manager's engine that runs the pre-pull job."
     ).tag(config=True)
+    swarm_manager = Unicode(
+        "",
+        help="URL of the swarm manager's engine when users' servers run on a swarm "
+        "(there the service finds which servers use which images); empty: on this "
+        "host's engine.",
+    ).tag(config=True)
     prepull_constraints = List(
         Unicode(),
         ["node.role==worker"],

@@ -249,7 +249,9 @@ def swarm_settings(settings: dict) -> SwarmSettings | None:
 
 
 def swarm_build_settings(c, swarm: SwarmSettings) -> None:
-    """What the builder (in the service) needs of the swarm: where to pre-pull."""
+    """What the builder (in the service) needs of the swarm: where servers
+    run (versions in use, environments with servers) and where to pre-pull."""
+    c.BuildSettings.swarm_manager = swarm.manager
     if swarm.prepull:
         c.BuildSettings.prepull = True
         c.BuildSettings.prepull_manager = swarm.manager

@@ -36,6 +36,7 @@ from .hubclient import HubClient
 from .metrics import Metrics, MetricsHandler
 from .models import ListCache
 from .oauthcookie import MultiPathHubOAuth
+from .servers import remove_image, servers_for
 
 
 class OAuthCallbackHandler(HubOAuthCallbackHandler):
@@ -221,6 +222,8 @@ class EnvironmentsService(Application):
         if self.sessions is None:
             self.sessions = self.open_store()
         self.docker = dockerops.LazyDocker()
+        # where users' servers run: this host's engine, or a swarm (issue 12)
+        self.servers = servers_for(self.docker, self.settings.hub_name, self.settings.swarm_manager)
         self.state = ServiceState()
         self.list_cache = ListCache()
         self._adopted = frozenset()
@@ -245,6 +248,7 @@ class EnvironmentsService(Application):
             max_versions=self.max_versions_per_environment,
             max_image_disk=self.max_image_disk_bytes,
             metrics=self.metrics,
+            servers=self.servers,
         )
         self.health = Health(
             self,
@@ -291,6 +295,7 @@ class EnvironmentsService(Application):
         server.stop()
         await self.builds.shutdown()
         await self.catalogue.close()
+        await self.servers.close()
         await self.docker.close()
 
     def start(self):
@@ -372,7 +377,7 @@ class EnvironmentsService(Application):
         self._adopted = names
 
     async def server_usage(self) -> dict[str, list[dict]]:
-        return await self.state.server_usage(self.docker, self.settings.hub_name)
+        return await self.state.server_usage(self.servers)
 
     async def stop_servers(self, servers: list[dict], timeout: float = 60):
         """Stop servers through the hub, then wait until their containers are gone."""
@@ -391,12 +396,22 @@ class EnvironmentsService(Application):
             raise Conflict(f"servers did not stop within {timeout:g} s; try again")
 
     async def remove_images(self, name: str):
+        """Every build of environment ``name``: this host's copies, and with a
+        registry its tags there too (the registry may hold builds that this
+        host never kept)."""
         for summary in await dockerops.environment_images(
             self.docker, self.settings.hub_name, name
         ):
             tags = [t for t in summary.get("RepoTags") or [] if t != "<none>:<none>"]
             for ref in tags or [summary["Id"]]:
                 await dockerops.remove_image(self.docker, ref)
+        if not self.catalogue.is_local:
+            for info in await self.catalogue.images(fresh=True):
+                if info.environment == name:
+                    try:
+                        await remove_image(self.docker, self.catalogue, info.image)
+                    except ValueError as e:  # another tag is the same image
+                        self.log.warning("left in the registry: %s", e)
         self.catalogue.invalidate()
 
 

@@ -33,9 +33,11 @@ from .. import gitref, versions
 from ..builder import BuildRequest, BuildSettings
 from ..buildjob import BuildFailed, run_build
 from ..catalogue import Catalogue
+from ..imagestore import StoreUnavailable
 from ..labels import image_tag
 from . import dockerops, store
 from .buildlog import BuildLog
+from .servers import LocalServers, remove_image
 
 log = logging.getLogger("tljh_repo2docker.service")
 
@@ -129,6 +131,7 @@ class BuildManager:
         max_image_disk: int | None = None,
         metrics=None,
         log_flush_interval: float = 2.0,
+        servers=None,
     ):
         self.metrics = metrics
         self.log_flush_interval = log_flush_interval
@@ -143,6 +146,8 @@ class BuildManager:
         self.settings = settings
         self.docker = docker
         self.catalogue = catalogue
+        # where servers run (which versions are in use): this host by default
+        self.servers = servers or LocalServers(docker, settings.hub_name)
         self.concurrency = concurrency
         self.slots = asyncio.Semaphore(concurrency)
         self.waiting: list[int] = []
@@ -446,14 +451,15 @@ class BuildManager:
         """Remove old versions beyond the limits (never one a container uses)."""
         try:
             images = await self.catalogue.images(fresh=True)
-            in_use = await dockerops.images_in_use(self.docker)
+            in_use = await self.servers.images_in_use()
             doomed = versions.to_collect(images, in_use, self.max_versions, self.max_image_disk)
             for info in doomed:
-                await dockerops.remove_image(self.docker, info.image)
+                await remove_image(self.docker, self.catalogue, info.image)
                 log.info("removed old version %s", info.image)
                 if buildlog is not None:
                     buildlog.append("built", f"Removed the old version {info.image}\n")
-        except aiodocker.DockerError as e:  # a full disk must not fail the build
+        except (aiodocker.DockerError, StoreUnavailable, ValueError) as e:
+            # a full disk or a registry that refuses must not fail the build
             log.warning("could not remove old versions: %s", e)
         finally:
             self.catalogue.invalidate()

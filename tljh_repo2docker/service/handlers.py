@@ -80,12 +80,10 @@ class ServiceState:
         self.max_age = max_age
         self._usage = (0.0, {})
 
-    async def server_usage(self, docker, hub_name: str) -> dict[str, list[dict]]:
-        from .dockerops import servers_by_environment
-
+    async def server_usage(self, servers) -> dict[str, list[dict]]:
         fetched, value = self._usage
         if time.monotonic() - fetched > self.max_age:
-            value = await servers_by_environment(docker, hub_name)
+            value = await servers.by_environment()
             self._usage = (time.monotonic(), value)
         return value
 

@@ -16,6 +16,7 @@ from ..builder import validate_request
 from ..validation import InvalidInput
 from . import dockerops, store
 from .builds import Conflict, Credentials, QuotaExceeded
+from .servers import remove_image
 
 MAX_CREDENTIAL_LENGTH = 1024
 CREATE_FIELDS = {
@@ -257,7 +258,7 @@ async def delete_environment(service, db, env: store.Environment, stop_servers: 
 async def list_versions(service, env: store.Environment) -> list[dict]:
     """The environment's built versions, newest (the current one) first."""
     images = [i for i in await service.catalogue.images(fresh=True) if i.environment == env.name]
-    in_use = await dockerops.images_in_use(service.docker)
+    in_use = await service.servers.images_in_use()
     newest = versions.newest_first(images)
     return [
         {
@@ -279,8 +280,10 @@ async def delete_version(service, env: store.Environment, commit: str):
         if version["commit"].startswith(commit):
             if version["in_use"]:
                 raise Conflict(f"a server uses {version['image']}; stop it first")
-            await dockerops.remove_image(service.docker, version["image"])
-            service.catalogue.invalidate()
+            try:
+                await remove_image(service.docker, service.catalogue, version["image"])
+            except ValueError as e:  # the registry holds it under another tag too
+                raise Conflict(str(e)) from None
             return
     raise NotFound(f"{env.name} has no version {commit}")
 

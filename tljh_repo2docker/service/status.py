@@ -24,7 +24,7 @@ from sqlalchemy import select
 from tornado import web
 
 from .. import spawnmetrics, tljhconfig, versions
-from . import dockerops, store
+from . import store
 from .pages import PageHandler
 
 BUILD_OUTCOMES = (store.SUCCEEDED, store.FAILED, store.CANCELLED, store.INTERRUPTED)
@@ -190,7 +190,7 @@ class StatusPage(PageHandler):
         ok, report = await svc.health.report()
         try:
             images = await svc.catalogue.images()
-            in_use = await dockerops.images_in_use(svc.docker)
+            in_use = await svc.servers.images_in_use()
             disk_error = ""
         except Exception as e:  # Docker down: the rest of the page still helps
             images, in_use, disk_error = [], set(), f"{type(e).__name__}: {e}"[:300]
