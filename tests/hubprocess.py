@@ -197,7 +197,11 @@ class HubProcess:
         r.raise_for_status()
         return r.json()["token"]
 
-    def wait_ready(self, name: str, server: str = "", timeout: float = 90) -> dict:
+    def wait_ready(
+        self, name: str, server: str = "", timeout: float = 90, interval: float = 0.1
+    ) -> dict:
+        """Until the server is ready. ``interval``: seconds between checks
+        (many waiting at once must not load the hub more than the spawns do)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             model = self.api("GET", f"/users/{name}").json()
@@ -207,7 +211,7 @@ class HubProcess:
             if not spawner:
                 # called after a spawn request: a missing server means it failed
                 raise RuntimeError(f"{name}'s server failed to start:\n{self.log_tail()}")
-            time.sleep(0.1)
+            time.sleep(interval)
         raise RuntimeError(f"{name}'s server not ready in {timeout} s:\n{self.log_tail()}")
 
     def wait_stopped(self, name: str, server: str = "", timeout: float = 60):

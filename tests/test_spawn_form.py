@@ -97,6 +97,31 @@ def test_form_lists_newest_build_with_versions_escaped(monkeypatch):
     assert "2G memory" in html
 
 
+def test_why_the_last_server_stopped_is_said_once_escaped(monkeypatch):
+    spawner = spawner_for("bob", monkeypatch=monkeypatch)
+    assert 'id="r2d-last-stop"' not in render(spawner)
+    spawner.stopped_because = "Your last server stopped: node <w1> left."
+    html = render(spawner)
+    assert html.count('id="r2d-last-stop"') == 1
+    assert "node &lt;w1&gt; left." in html and "<w1>" not in html
+
+
+def test_why_the_last_server_stopped_outlives_the_spawner(monkeypatch):
+    """The hub drops a stopped server's spawner and makes a new one from its
+    saved state: the reason must be in that state, and only a string."""
+    spawner = spawner_for("bob", monkeypatch=monkeypatch)
+    spawner.stopped_because = "Your last server stopped: its machine left."
+    spawner.clear_state()  # what the hub does on a stop, before saving the state
+    state = spawner.get_state()
+    fresh = Repo2DockerSpawner()
+    fresh.load_state(state)
+    assert fresh.stopped_because == "Your last server stopped: its machine left."
+    assert 'id="r2d-last-stop"' in render(fresh)
+    fresh.load_state({**state, "tljh_repo2docker_stopped_because": {"x": 1}})
+    assert fresh.stopped_because == ""
+    assert "tljh_repo2docker_stopped_because" not in fresh.get_state()
+
+
 def test_private_and_group_environments_only_for_those_allowed(monkeypatch):
     bob = render(spawner_for("bob", monkeypatch=monkeypatch))
     assert 'value="secret"' not in bob and 'value="physics"' not in bob

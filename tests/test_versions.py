@@ -24,6 +24,10 @@ def test_rebuilding_an_older_commit_makes_it_current(hub, git_repo, hub_name):
     run_cli(hub, "build", url, "--ref", old, "--name", "versions")
     new = commit_change(git_repo, "RUN echo two > /tmp/two")
     run_cli(hub, "build", url, "--ref", new, "--name", "versions")
+    # the service answers for it by its own URL at once, with no listing first
+    r = hub.service_api("GET", "/environments/versions/versions", token=hub.user_token("admin"))
+    assert r.status_code == 200, r.text
+    assert [v["commit"] for v in r.json()["versions"]] == [new, old]
 
     def current():
         async def read():

@@ -70,6 +70,8 @@ from .hubconfig import SERVICE_NAME
 
 _catalogues: dict[tuple, Catalogue] = {}
 _templates = jinja_env()
+# spawner state: why the last server stopped when nobody asked (the picker says it)
+STOPPED_BECAUSE_KEY = "tljh_repo2docker_stopped_because"
 
 
 def shared_catalogue(
@@ -316,6 +318,7 @@ class Repo2DockerSpawnerMixin(LoggingConfigurable):
         hub_base = getattr(getattr(spawner, "hub", None), "base_url", None) or "/hub/"
         return _templates.get_template("spawn_form.html").render(
             environments=environments,
+            stopped_because=getattr(spawner, "stopped_because", ""),
             versions=versions,
             selected=selected,
             selected_why=why,
@@ -530,16 +533,22 @@ class Repo2DockerSpawnerMixin(LoggingConfigurable):
             self.name, getattr(self, "_ran", False), False, None
         ) and bool(getattr(self, "db", None))
 
-    # the "ran" mark survives stops (clear_state) and hub restarts (state)
+    # The "ran" mark and why the last server stopped (when not by request)
+    # survive stops (clear_state; the hub then makes a new spawner from the
+    # saved state) and hub restarts: the picker says the reason afterwards.
     def get_state(self):
         state = super().get_state()
         if getattr(self, "_ran", False):
             state[serverrecords.RAN_KEY] = True
+        if getattr(self, "stopped_because", ""):
+            state[STOPPED_BECAUSE_KEY] = self.stopped_because
         return state
 
     def load_state(self, state):
         super().load_state(state)
         self._ran = bool(state.get(serverrecords.RAN_KEY)) or getattr(self, "_ran", False)
+        reason = state.get(STOPPED_BECAUSE_KEY)
+        self.stopped_because = reason[:500] if isinstance(reason, str) else ""
 
     def hub_unreachable_reason(self) -> str | None:
         """Why no container could reach the hub, or None.

@@ -119,6 +119,7 @@ class Repo2DockerSwarmSpawner(Repo2DockerSpawnerMixin, SwarmSpawner):
         }
         self._server_user = user
         self._task = None
+        self.stopped_because = ""
         self._progress(40, f"Starting {info.display_name} on the swarm")
         try:
             # SwarmSpawner's start (DockerSpawner's, with a service): not the mixin's
@@ -210,6 +211,45 @@ class Repo2DockerSwarmSpawner(Repo2DockerSpawnerMixin, SwarmSpawner):
                 unschedulable_since = None
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 2.0)
+
+    # --- is it still running? ----------------------------------------------------
+    async def poll(self):
+        """None while the server's task runs on a node of the swarm.
+
+        A node that leaves the swarm (or dies) never reports its task again:
+        the manager keeps calling it "running". So the node is asked too;
+        when it is down or gone the server counts as stopped, with a reason
+        the user sees on the picker (``stopped_because``)."""
+        if not self.service_id:
+            return 0
+        try:
+            task = newest_task(await self._tasks())
+        except docker.errors.NotFound:
+            return 0
+        if task is None:
+            return 0
+        state = (task.get("Status") or {}).get("State", "")
+        if state in FINAL_STATES:
+            return f"task {state}: {task_failure(task) or 'ended'}"
+        node_id = task.get("NodeID")
+        if not node_id:
+            return None  # not placed yet: starting
+        try:
+            node = await self.docker("inspect_node", node_id)
+        except docker.errors.NotFound:
+            node = {}
+        node_state = (node.get("Status") or {}).get("State", "gone")
+        if node_state in ("ready", "unknown"):  # unknown: the manager is still finding out
+            return None
+        where = (node.get("Description") or {}).get("Hostname") or node_id[:12]
+        self.stopped_because = (
+            f"Your last server stopped: the machine it ran on ({where}) left the hub's swarm. "
+            "Your files are safe; start again and it runs on another machine."
+        )
+        self.log.error(
+            "%s: its node %s is %s: counted as stopped", self._log_name, where, node_state
+        )
+        return f"node {where} {node_state}"
 
     async def get_ip_and_port(self):
         # the task's node and its host-mode port: never the service name

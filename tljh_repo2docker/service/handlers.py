@@ -6,6 +6,7 @@ import time
 
 from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
+from tornado.log import app_log
 
 from .. import access
 from . import models, store
@@ -64,6 +65,23 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
 
     def db(self):
         return self.service.sessions()
+
+    async def prepare(self):
+        """An environment named in the URL that is not in the database yet
+        may have been built a moment ago by the command line or another
+        service process: adopt it from its image labels first, as listing
+        does, so that its own URLs answer at once. Only for a signed-in
+        user: strangers cannot make the service ask Docker."""
+        name = (self.path_kwargs or {}).get("name")
+        if not name or self.service.sessions is None or not self.current_user:
+            return
+        with self.db() as db:
+            if store.find_environment(db, name) is not None:
+                return
+        try:
+            await self.service.adopt_images()
+        except Exception as e:  # Docker or the registry away: the lookup says 404
+            app_log.debug("could not adopt images before looking up %s: %s", name[:100], e)
 
     # --- models (see models.py) ----------------------------------------------
     def build_model(self, build: store.Build, environment_name: str) -> dict:
