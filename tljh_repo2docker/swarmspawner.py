@@ -231,6 +231,16 @@ class Repo2DockerSwarmSpawner(Repo2DockerSpawnerMixin, SwarmSpawner):
         state = (task.get("Status") or {}).get("State", "")
         if state in FINAL_STATES:
             return f"task {state}: {task_failure(task) or 'ended'}"
+        started = getattr(self, "_task", None) or {}  # unknown after a hub restart
+        if started.get("ID") and task.get("ID") != started["ID"]:
+            # Swarm replaced the task (a drained node): a new process at a
+            # new address that the hub's route does not lead to
+            self.stopped_because = (
+                "Your last server stopped: the swarm moved it to another machine. "
+                "Your files are safe; start again."
+            )
+            self.log.error("%s: its task was replaced: counted as stopped", self._log_name)
+            return "task replaced"
         node_id = task.get("NodeID")
         if not node_id:
             return None  # not placed yet: starting

@@ -1,0 +1,80 @@
+"""How the swarm spawner decides whether a server still runs (poll), from
+what the manager says about its task and the task's node. The real swarm
+(a worker leaving) is in tests/swarm/test_swarm_hub.py; here each answer
+the manager can give, without one."""
+
+from __future__ import annotations
+
+import asyncio
+
+import docker.errors
+
+from tljh_repo2docker.swarmspawner import Repo2DockerSwarmSpawner
+
+
+def task(task_id="t1", state="running", node="n1", created="2026-12-01T10:00:00.1Z"):
+    return {"ID": task_id, "NodeID": node, "CreatedAt": created, "Status": {"State": state}}
+
+
+def node(state="ready", hostname="worker1"):
+    return {"Status": {"State": state}, "Description": {"Hostname": hostname}}
+
+
+def spawner_with(tasks, nodes, started=None):
+    spawner = Repo2DockerSwarmSpawner()
+    spawner.object_id = "service-1"
+    if started is not None:
+        spawner._task = started
+
+    async def listed():
+        return tasks
+
+    async def call(method, *args, **kwargs):
+        assert method == "inspect_node", method
+        if args[0] not in nodes:
+            raise docker.errors.NotFound("no such node")
+        return nodes[args[0]]
+
+    spawner._tasks = listed
+    spawner.docker = call
+    return spawner
+
+
+def poll(spawner):
+    return asyncio.run(spawner.poll())
+
+
+def test_a_task_running_on_a_ready_node_runs():
+    spawner = spawner_with([task()], {"n1": node()}, started=task())
+    assert poll(spawner) is None
+    assert not getattr(spawner, "stopped_because", "")
+
+
+def test_after_a_hub_restart_the_task_is_judged_by_its_node_alone():
+    assert poll(spawner_with([task()], {"n1": node()})) is None
+
+
+def test_a_node_that_left_or_is_gone_stops_the_server_with_a_reason():
+    for nodes in ({"n1": node("down")}, {}):
+        spawner = spawner_with([task()], nodes, started=task())
+        assert poll(spawner) is not None
+        assert "(worker1)" in spawner.stopped_because or not nodes
+        assert "left the hub's swarm" in spawner.stopped_because
+
+
+def test_a_node_the_manager_is_still_unsure_of_keeps_the_server():
+    assert poll(spawner_with([task()], {"n1": node("unknown")}, started=task())) is None
+
+
+def test_a_replaced_task_stops_the_server():
+    moved = task("t2", node="n2", created="2026-12-01T10:05:00Z")
+    spawner = spawner_with([task(), moved], {"n1": node(), "n2": node()}, started=task())
+    assert poll(spawner) == "task replaced"
+    assert "moved it to another machine" in spawner.stopped_because
+
+
+def test_an_ended_task_or_no_task_is_stopped_without_blame_on_a_node():
+    spawner = spawner_with([task(state="failed")], {"n1": node()}, started=task())
+    assert poll(spawner) is not None
+    assert not getattr(spawner, "stopped_because", "")
+    assert poll(spawner_with([], {})) == 0
