@@ -78,3 +78,29 @@ def test_an_ended_task_or_no_task_is_stopped_without_blame_on_a_node():
     assert poll(spawner) is not None
     assert not getattr(spawner, "stopped_because", "")
     assert poll(spawner_with([], {})) == 0
+
+
+def test_service_names_stay_within_swarms_limit():
+    from tljh_repo2docker.swarmspawner import service_name_within
+
+    short = "jupyter-hub-ann"
+    assert service_name_within(short) == short
+    long = "jupyter-test-675bd964-admin--git-course-repo0-course-113801da-and-more"
+    made = service_name_within(long)
+    assert len(made) == 63 and made.startswith("jupyter-test-675bd964-admin--git-course")
+    assert made != service_name_within(long + "x")  # distinct names stay distinct
+    assert service_name_within(long) == made  # and stable
+
+
+def test_a_spawners_service_name_is_within_the_limit(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(
+        Repo2DockerSwarmSpawner, "user", SimpleNamespace(name="a" * 40, id=1), raising=False
+    )
+    monkeypatch.setattr(
+        Repo2DockerSwarmSpawner, "name", "git-course-repo0-course-113801da", raising=False
+    )
+    spawner = Repo2DockerSwarmSpawner()
+    assert len(spawner.object_name) == 63, spawner.object_name
+    assert spawner.object_name.startswith("jupyter-" + "a" * 40)

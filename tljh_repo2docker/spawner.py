@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import stat
 
 import docker.errors
 from dockerspawner import DockerSpawner
@@ -36,20 +35,6 @@ from .spawnermixin import (  # noqa: F401
     shared_catalogue,
     status_check_interval,
 )
-
-# images whose home has nothing to copy (a picker start asks Docker once)
-_NOTHING_TO_COPY: set[str] = set()
-
-
-def _kind(path: str) -> str | None:
-    """What is at ``path``: "folder", "other" (a file, a link) or None; never follows links."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return "other"  # unreadable: neither copied into nor opened
-    return "folder" if stat.S_ISDIR(mode) else "other"
 
 
 class Repo2DockerSpawner(Repo2DockerSpawnerMixin, DockerSpawner):
@@ -108,70 +93,22 @@ class Repo2DockerSpawner(Repo2DockerSpawnerMixin, DockerSpawner):
             raise
         return ip, port
 
-    async def open_course_folder(self, info, home: str, owner):
-        """A picker start: copy the environment's files once into
-        ``~/<environment>`` and open that folder (issue 11). The home stays
-        whole; a folder already there (the user's own copy) is never touched.
-        A copy that fails costs the folder, not the server."""
-        folder = projects.course_folder(info.environment)
-        target = os.path.join(home, folder)
-        if info.image_id not in _NOTHING_TO_COPY and _kind(target) is None:
-            self._progress(30, f"Copying the files of {info.display_name} into ~/{folder}")
-            try:
-                seeded = await asyncio.to_thread(
-                    projects.seed_project,
-                    self.client,
-                    info.image,
-                    f"/home/{self.build_settings.user_name}",
-                    target,
-                    owner.uid,
-                    self.build_settings.user_gid,
-                    staging_root=projects.staging_root(self.homes_dir),
-                    skip_empty=True,
-                )
-            except (docker.errors.DockerException, OSError, projects.ProjectError) as e:
-                self.log.warning("%s: could not copy into ~/%s: %s", self._log_name, folder, e)
-                return
-            if not seeded and _kind(target) is None:
-                _NOTHING_TO_COPY.add(info.image_id)  # ask Docker once per image
-        landing = projects.course_landing(self.default_url, folder)
-        if landing and _kind(target) == "folder":
-            self.default_url = landing
-
-    async def prepare_project(self, info, home: str, project: str, owner) -> str:
-        """Seed ``~/<project>`` once from the image; its host path.
-
-        The server's root is the project folder whatever is mounted, so the
-        default URL stays the hub's (``/lab``) and paths relative to the
-        repository work from the server's root.
-        """
-        user_home = f"/home/{self.build_settings.user_name}"
-        target = os.path.join(home, projects.valid_project(project))
-        try:
-            await asyncio.to_thread(
-                projects.seed_project,
-                self.client,
-                info.image,
-                user_home,
-                target,
-                owner.uid,
-                # the servers' group, not the home's (maybe an admin group)
-                self.build_settings.user_gid,
-                staging_root=projects.staging_root(self.homes_dir),
-            )
-        except (docker.errors.DockerException, OSError, projects.ProjectError) as e:
-            raise SpawnError(500, f"Could not prepare your project folder {project}: {e}") from e
-        try:
-            folder = os.lstat(target)
-        except OSError as e:
-            raise SpawnError(500, f"Could not prepare your project folder {project}") from e
-        if not stat.S_ISDIR(folder.st_mode) or folder.st_uid != owner.uid:
-            # e.g. a symlink the user's other server put there: never mounted
-            raise SpawnError(
-                409,
-                f"~/{project} is not a folder of yours; rename or remove it to launch here.",
-            )
-        return target
+    async def _copy_from_image(self, info, home: str, name: str, owner, skip_empty: bool) -> bool:
+        """The image's home into ``<home>/<name>`` through this host's engine
+        (``projects.seed_project``: staged where no user reaches, then moved
+        in with one rename that replaces nothing)."""
+        return await asyncio.to_thread(
+            projects.seed_project,
+            self.client,
+            info.image,
+            f"/home/{self.build_settings.user_name}",
+            os.path.join(home, name),
+            owner.uid,
+            # the servers' group, not the home's (maybe an admin group)
+            self.build_settings.user_gid,
+            staging_root=projects.staging_root(self.homes_dir),
+            skip_empty=skip_empty,
+        )
 
     async def _configured_host_config(self) -> dict:
         if not hasattr(self, "_admin_host_config"):

@@ -39,6 +39,7 @@ import inspect
 import ipaddress
 import os
 import re
+import stat
 import time
 from functools import cached_property
 from urllib.parse import urlsplit
@@ -67,9 +68,27 @@ from .assets import jinja_env
 from .builder import BuildSettings
 from .catalogue import Catalogue, DockerUnavailable
 from .hubconfig import SERVICE_NAME
+from .swarmseed import SeedFailed
 
 _catalogues: dict[tuple, Catalogue] = {}
 _templates = jinja_env()
+# images whose home has nothing to copy (a picker start asks once per image)
+_NOTHING_TO_COPY: set[str] = set()
+# what a failed copy from an image raises (either backend)
+_COPY_ERRORS = (docker.errors.DockerException, OSError, projects.ProjectError, SeedFailed)
+
+
+def _kind(path: str) -> str | None:
+    """What is at ``path``: "folder", "other" (a file, a link) or None; never follows links."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "other"  # unreadable: neither copied into nor opened
+    return "folder" if stat.S_ISDIR(mode) else "other"
+
+
 # spawner state: why the last server stopped when nobody asked (the picker says it)
 STOPPED_BECAUSE_KEY = "tljh_repo2docker_stopped_because"
 
@@ -647,13 +666,58 @@ class Repo2DockerSpawnerMixin(LoggingConfigurable):
         """SpawnError saying why, when the starting server is gone."""
         raise NotImplementedError
 
-    async def open_course_folder(self, info, home: str, owner):
-        """A picker start: the environment's files in ``~/<environment>``."""
+    async def _copy_from_image(self, info, home: str, name: str, owner, skip_empty: bool) -> bool:
+        """Copy the image's home (its visible files and folders) once into
+        ``<home>/<name>``, which must not exist; never touch what is there.
+        True if copied; False if the name was taken meanwhile or (with
+        ``skip_empty``) there was nothing to copy. Raises when it failed."""
         raise NotImplementedError
 
+    # --- seeding from the image (both backends, through _copy_from_image) -----
+    async def open_course_folder(self, info, home: str, owner):
+        """A picker start: copy the environment's files once into
+        ``~/<environment>`` and open that folder (issue 11). The home stays
+        whole; a folder already there (the user's own copy) is never touched.
+        A copy that fails costs the folder, not the server."""
+        folder = projects.course_folder(info.environment)
+        target = os.path.join(home, folder)
+        if info.image_id not in _NOTHING_TO_COPY and _kind(target) is None:
+            self._progress(30, f"Copying the files of {info.display_name} into ~/{folder}")
+            try:
+                seeded = await self._copy_from_image(info, home, folder, owner, skip_empty=True)
+            except _COPY_ERRORS as e:
+                self.log.warning("%s: could not copy into ~/%s: %s", self._log_name, folder, e)
+                return
+            if not seeded and _kind(target) is None:
+                _NOTHING_TO_COPY.add(info.image_id)  # ask once per image
+        landing = projects.course_landing(self.default_url, folder)
+        if landing and _kind(target) == "folder":
+            self.default_url = landing
+
     async def prepare_project(self, info, home: str, project: str, owner) -> str:
-        """A launch: ``~/<project>`` seeded from the image; its host path."""
-        raise NotImplementedError
+        """A launch: seed ``~/<project>`` once from the image; its host path.
+
+        The server's root is the project folder whatever is mounted, so the
+        default URL stays the hub's (``/lab``) and paths relative to the
+        repository work from the server's root.
+        """
+        name = projects.valid_project(project)
+        target = os.path.join(home, name)
+        try:
+            await self._copy_from_image(info, home, name, owner, skip_empty=False)
+        except _COPY_ERRORS as e:
+            raise SpawnError(500, f"Could not prepare your project folder {project}: {e}") from e
+        try:
+            folder = os.lstat(target)
+        except OSError as e:
+            raise SpawnError(500, f"Could not prepare your project folder {project}") from e
+        if not stat.S_ISDIR(folder.st_mode) or folder.st_uid != owner.uid:
+            # e.g. a symlink the user's other server put there: never mounted
+            raise SpawnError(
+                409,
+                f"~/{project} is not a folder of yours; rename or remove it to launch here.",
+            )
+        return target
 
     # --- the server's container or service (dockerspawner's object) ----------
     async def stop(self, now=False):

@@ -21,15 +21,21 @@ What differs, and why:
 - homes are bind mounts of ``homes_dir``, which must be shared storage mounted
   at the same path on every node (NFS in production).
 
-Not yet: course and project folders are not seeded from the image (the hub's
-node may not hold it; that copy is to move into the user's task), and Docker
-20.10 services take neither ``no-new-privileges`` nor a seccomp profile, so the
-confinement is the user, no capabilities and the pids and memory limits.
+- course and project folders are copied from the image by a one-shot job of
+  the image on a worker, as the home's owner (``swarmseed.py``): the hub's
+  node may not hold the image;
+- a server counts as stopped when its node leaves the swarm or Swarm
+  replaces its task, with the reason on the picker (``poll``).
+
+Docker 20.10 services take neither ``no-new-privileges`` nor a seccomp
+profile, so the confinement is the user, no capabilities and the pids and
+memory limits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 
 import docker.errors
@@ -42,9 +48,9 @@ from docker.types import (
     TaskTemplate,
 )
 from dockerspawner import SwarmSpawner
-from traitlets import Float, List, Unicode
+from traitlets import Float, List, Unicode, default
 
-from . import labels
+from . import hardening, labels, swarmseed
 from .builder import BuildSettings
 from .spawnermixin import Repo2DockerSpawnerMixin, SpawnError
 
@@ -61,6 +67,19 @@ def newest_task(tasks: list[dict]) -> dict | None:
 def _stamp(value: str) -> tuple[str, str]:
     seconds, _, fraction = value.rstrip("Z").partition(".")
     return seconds, fraction.ljust(9, "0")
+
+
+# Swarm service names are DNS labels: at most 63 characters.
+MAX_SERVICE_NAME = 63
+
+
+def service_name_within(name: str, limit: int = MAX_SERVICE_NAME) -> str:
+    """``name``, or when too long its start and a hash of the whole (pure):
+    a long user name and a launch server's name together pass the limit."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    return f"{name[: limit - len(digest) - 1].rstrip('-._')}-{digest}"
 
 
 def task_failure(task: dict) -> str:
@@ -94,12 +113,22 @@ class Repo2DockerSwarmSpawner(Repo2DockerSpawnerMixin, SwarmSpawner):
         help="Swarm placement constraints of the servers' tasks (e.g. "
         "'node.labels.gpu==yes'); by default only on workers, never on the control node.",
     )
+    seed_timeout = Float(
+        300.0,
+        config=True,
+        help="Seconds the job that copies an environment's files into a home may take "
+        "(it may have to pull the image on its worker first).",
+    )
     unschedulable_timeout = Float(
         15.0,
         config=True,
         help="Seconds a server's task may wait while Swarm says no node fits it "
         "(constraints, memory) before the start fails with Swarm's reason.",
     )
+
+    @default("object_name")
+    def _object_name_default(self):
+        return service_name_within(super()._object_name_default())
 
     @classmethod
     def section_names(cls) -> list[str]:
@@ -296,22 +325,21 @@ class Repo2DockerSwarmSpawner(Repo2DockerSpawnerMixin, SwarmSpawner):
         self.log.error("%s: %s", self._log_name, message)
         raise SpawnError(500, message)
 
-    # --- seeding from the image: not on the swarm yet ----------------------------
-    async def open_course_folder(self, info, home: str, owner):
-        # TODO(issue 12): copy inside the user's task; the hub's node may not
-        # hold the image, so it cannot copy from it here
-        self.log.info(
-            "%s: course files of %s not copied (not done on the swarm yet)",
-            self._log_name,
-            info.environment,
+    # --- seeding from the image: in a job on a worker --------------------------
+    async def _copy_from_image(self, info, home: str, name: str, owner, skip_empty: bool) -> bool:
+        """The control node may not hold the image: the copy runs as a
+        one-shot Swarm job of the image on a worker, as the home's owner,
+        with the (shared) home mounted beside the image's (``swarmseed.py``)."""
+        settings = self.build_settings
+        spec = swarmseed.job_spec(
+            image=info.image,
+            user=hardening.container_user(owner.uid, settings.user_gid),
+            home=home,
+            image_home=f"/home/{settings.user_name}",
+            name=name,
+            skip_empty=skip_empty,
+            constraints=list(self.placement_constraints),
+            hub_name=settings.hub_name,
+            owner=self.user.name,
         )
-
-    async def prepare_project(self, info, home: str, project: str, owner) -> str:
-        self.log.warning(
-            "%s: launch of %s refused: project folders are not seeded on the swarm yet",
-            self._log_name,
-            project,
-        )
-        raise SpawnError(
-            501, "Launch links do not work on this hub's swarm yet; start from the picker."
-        )
+        return await swarmseed.run_seed_job(self.client, spec, timeout=self.seed_timeout)

@@ -14,9 +14,11 @@ catalogue; a build is startable at once while the hub's listing is cached; a
 spawn lands on a worker with its limits, user, home and labels and answers
 through the proxy; a file outlives a restart on the other worker; five
 stop/starts of one named server each reach the new task; 3 and then 20
-concurrent spawns; a server outlives a hub restart; a version in use on a worker is kept and a
-deleted one leaves the registry; a worker that leaves the swarm: its user's server counts
-as stopped, the picker says why, and the next start lands on the other worker.
+concurrent spawns; a server outlives a hub restart; a version in use on a
+worker is kept and a deleted one leaves the registry; a picker start and a
+launch link copy the repository's files into the home through a job on a
+worker; a worker that leaves the swarm: its user's server counts as stopped,
+the picker says why, and the next start lands on the other worker.
 
 The tests of this module run in order and share the hub, the swarm and one
 built environment.
@@ -29,14 +31,15 @@ import os
 import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
 
 import pytest
 import requests
 
-from tljh_repo2docker import labels
+from tljh_repo2docker import labels, providers
 
 from ..conftest import run_cli
-from ..dockerfixtures import docker, make_git_repo
+from ..dockerfixtures import SINGLEUSER_IMAGE, commit_change, docker, make_git_repo
 from ..hubprocess import hub_settings_for
 from .cluster import Cluster
 from .conftest import write_notice
@@ -354,6 +357,90 @@ def test_a_version_in_use_on_a_worker_stays_and_a_deleted_one_leaves_the_registr
     while 'value="fresh"' in swarm_hub.login("judy").get(swarm_hub.url + "/hub/spawn").text:
         assert time.monotonic() < deadline, "the picker still offers the deleted version"
         time.sleep(2)
+
+
+@pytest.fixture(scope="module")
+def course_repo(tmp_path_factory, hub_name):
+    """A repository whose image has its files in the home, as repo2docker's
+    build packs put them."""
+    path = make_git_repo(tmp_path_factory.mktemp("course-repo") / "course", marker=hub_name)
+    (path / "Dockerfile").write_text(
+        f"FROM {SINGLEUSER_IMAGE}\nCOPY --chown=1000:1000 . /home/jovyan/\n"
+    )
+    (path / "lesson.md").write_text("# Lesson 1\n")
+    (path / "data").mkdir()
+    (path / "data" / "points.csv").write_text("x,y\n1,2\n")
+    (path / ".hidden").write_text("not for users\n")
+    commit_change(path, "# with files")
+    return path
+
+
+def assert_seeded(folder: str):
+    """The repository's visible files, the user's own; nothing hidden."""
+    with open(os.path.join(folder, "lesson.md")) as f:
+        assert f.read() == "# Lesson 1\n"
+    with open(os.path.join(folder, "data", "points.csv")) as f:
+        assert f.read() == "x,y\n1,2\n"
+    assert not os.path.exists(os.path.join(folder, ".hidden"))
+    assert os.stat(os.path.join(folder, "lesson.md")).st_uid == 1000
+    assert not [n for n in os.listdir(os.path.dirname(folder)) if n.startswith(".tljh-r2d-seed")]
+
+
+def test_a_picker_start_copies_the_course_files_on_a_worker(
+    swarm_hub, cluster, hub_name, course_repo
+):
+    """The control node no longer holds the image (only the registry and
+    the workers do): the copy runs as a job on a worker, as the user."""
+    result = run_cli(
+        swarm_hub, "build", f"file://{course_repo}", "--ref", "main", "--name", "course"
+    )
+    image = result.stdout.strip().splitlines()[-1].split()[-1]
+    docker("rmi", image)
+    swarm_hub.user_token("lena")
+    r = swarm_hub.api("POST", "/users/lena/server", json={"environment": "course"})
+    assert r.status_code in (201, 202), r.text
+    swarm_hub.wait_ready("lena", timeout=250)
+    assert_seeded(os.path.join(cluster.homes, "jupyter-lena", "course"))
+    service, _ = running_task(cluster, hub_name, "lena")
+    env = service["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
+    assert "JUPYTERHUB_DEFAULT_URL=/lab/tree/course" in env, env
+    # the copy job is gone; only the server's service is left
+    assert [s["Spec"]["Name"] for s in hub_services(cluster, hub_name, "lena")] == [
+        service["Spec"]["Name"]
+    ]
+    stop(swarm_hub, "lena")
+
+
+def test_a_launch_link_builds_copies_and_opens_the_project_on_a_worker(
+    swarm_hub, cluster, hub_name, course_repo
+):
+    token = swarm_hub.user_token("admin")  # file:// repositories: admins only
+    spec_path = "git/" + quote(f"file://{course_repo}", safe="") + "/main"
+    r = requests.get(
+        f"{swarm_hub.service_url}/build/{spec_path}",
+        headers={"Authorization": f"token {token}"},
+        stream=True,
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text
+    events = []
+    for line in r.iter_lines(decode_unicode=True):
+        if line and line.startswith("data: "):
+            events.append(json.loads(line[len("data: ") :]))
+            if events[-1]["phase"] in ("ready", "failed"):
+                break
+    r.close()
+    assert events[-1]["phase"] == "ready", events[-3:]
+    spec = providers.parse("git", spec_path[4:], allow_local=True)
+    assert_seeded(os.path.join(cluster.homes, "jupyter-admin", spec.server_name))
+    (service,) = hub_services(cluster, hub_name, "admin")
+    task = cluster.wait_task(service["ID"], timeout=30)
+    assert cluster.task_node(task).role == "worker"
+    # the project folder is the server's root: the repository's files at its top
+    url = events[-1]["url"]
+    r = requests.get(f"{url}files/lesson.md?token={events[-1]['token']}", timeout=30)
+    assert r.status_code == 200 and r.text == "# Lesson 1\n", r.text
+    stop(swarm_hub, "admin", spec.server_name)
 
 
 def test_a_worker_leaving_stops_its_servers_with_a_reason_and_the_next_start_lands_elsewhere(

@@ -1,0 +1,124 @@
+"""The copy job of a swarm (swarmseed.py): its script, run here by this
+machine's python3 on real folders exactly as the job runs it in the image,
+and the job's spec. The job on a real swarm is in tests/swarm/test_swarm_hub.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from tljh_repo2docker import labels, swarmseed
+
+
+def run_script(src, home, name, skip_empty=False):
+    result = subprocess.run(
+        [sys.executable, "-c", swarmseed.SEED_SCRIPT, str(src), str(home), name,
+         "1" if skip_empty else "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return swarmseed.read_result(result.stdout)
+
+
+@pytest.fixture
+def image_home(tmp_path):
+    home = tmp_path / "image-home"
+    (home / "lessons").mkdir(parents=True)
+    (home / "lessons" / "one.ipynb").write_text("{}")
+    (home / "run.sh").write_text("#!/bin/sh\n")
+    (home / "run.sh").chmod(0o755)
+    (home / ".cache").mkdir()
+    (home / ".bashrc").write_text("x")
+    (home / "lessons" / ".hidden-inside").write_text("kept: only the top is filtered")
+    os.symlink("/etc/passwd", home / "passwd")
+    os.symlink("/etc", home / "lessons" / "etc")
+    os.mkfifo(home / "pipe")
+    return home
+
+
+def listing(root):
+    return sorted(
+        os.path.relpath(os.path.join(d, n), root)
+        for d, dirs, files in os.walk(root)
+        for n in dirs + files
+    )
+
+
+def test_copies_visible_files_and_folders_only(image_home, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    assert run_script(image_home, home, "course") == {"seeded": True, "why": "copied"}
+    assert listing(home / "course") == [
+        "lessons", "lessons/.hidden-inside", "lessons/one.ipynb", "run.sh",
+    ]  # fmt: skip
+    assert stat.S_IMODE(os.stat(home / "course" / "run.sh").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(home / "course" / "lessons" / "one.ipynb").st_mode) & 0o600 == 0o600
+    assert os.listdir(home) == ["course"]  # no staging left behind
+
+
+@pytest.mark.parametrize("kind", ["folder", "file", "link"])
+def test_a_name_already_taken_is_never_touched(image_home, tmp_path, kind):
+    home = tmp_path / "home"
+    home.mkdir()
+    target = home / "course"
+    if kind == "folder":
+        target.mkdir()
+        (target / "mine.txt").write_text("mine")
+    elif kind == "file":
+        target.write_text("mine")
+    else:
+        os.symlink("/etc", target)
+    assert run_script(image_home, home, "course") == {"seeded": False, "why": "exists"}
+    if kind == "folder":
+        assert listing(target) == ["mine.txt"]
+    elif kind == "file":
+        assert target.read_text() == "mine"
+    else:
+        assert os.readlink(target) == "/etc"
+    assert sorted(os.listdir(home)) == ["course"]
+
+
+def test_nothing_to_copy_makes_no_folder_when_asked(tmp_path):
+    src = tmp_path / "image-home"
+    src.mkdir()
+    (src / ".bashrc").write_text("x")
+    home = tmp_path / "home"
+    home.mkdir()
+    assert run_script(src, home, "course", skip_empty=True)["why"] == "nothing to copy"
+    assert os.listdir(home) == []
+    assert run_script(src, home, "project")["seeded"] is True  # a launch: an empty folder
+    assert os.listdir(home / "project") == []
+
+
+def test_the_job_runs_as_the_owner_without_rights_and_names_are_arguments():
+    spec = swarmseed.job_spec(
+        image="reg:5000/h/demo:abc", user="1000:100", home="/home/jupyter-ann",
+        image_home="/home/jovyan", name="x'; rm -rf /", skip_empty=True,
+        constraints=["node.role==worker"], hub_name="h", owner="ann",
+    )  # fmt: skip
+    container = spec["task_template"]["ContainerSpec"]
+    assert container["User"] == "1000:100"
+    assert container["CapabilityDrop"] == ["ALL"]
+    assert container["Command"] == ["python3", "-c", swarmseed.SEED_SCRIPT]
+    assert container["Args"] == ["/home/jovyan", swarmseed.HOME_MOUNT, "x'; rm -rf /", "1"]
+    assert container["Mounts"] == [
+        {"Type": "bind", "Source": "/home/jupyter-ann", "Target": swarmseed.HOME_MOUNT}
+    ]
+    assert spec["mode"] == {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}}
+    assert spec["task_template"]["RestartPolicy"] == {"Condition": "none"}
+    assert spec["task_template"]["Placement"]["Constraints"] == ["node.role==worker"]
+    assert spec["labels"][labels.HUB] == "h" and spec["labels"][labels.USER] == "ann"
+
+
+def test_the_verdict_is_the_last_json_line():
+    assert swarmseed.read_result("noise\n" + json.dumps({"seeded": True, "why": "c"})) == {
+        "seeded": True,
+        "why": "c",
+    }
+    assert swarmseed.read_result("Traceback ...\nOSError") == {}
+    assert swarmseed.read_result('{"seeded": "yes"}') == {}

@@ -1,0 +1,195 @@
+"""Copy an environment's files into a user's home on a swarm (issue 12).
+
+On one host the spawner copies the image's home out through the local
+engine (``projects.seed_project``). On a swarm the control node may not
+hold the image at all: the copy runs where images are, as a one-shot
+Swarm job on a worker. The job runs the environment's image **as the home's
+owner** (never root, no capabilities) with the user's home
+mounted beside the image's home, and copies with the same rules as on one
+host:
+
+- only the image home's visible entries (no dot files, caches, links or
+  special files: nothing in the copy can point outside it);
+- made in a hidden staging folder of the home, then moved to its name with
+  one ``renameat2(RENAME_NOREPLACE)``: never half made, and a folder, file
+  or link of the user's under that name is never touched or replaced;
+- owner read/write; execute bits as in the image.
+
+Because the copy runs with the user's own rights, a link the user's other
+server swaps in can gain them nothing they do not have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+import docker.errors
+
+from . import labels
+
+SEED_LABEL = "tljh_repo2docker.seed"
+HOME_MOUNT = "/srv/tljh-r2d-home"  # the user's home, in the job's container
+FINAL_STATES = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
+
+# Run by the image's python3 (every single-user image has one). Arguments:
+# the image's home, the mounted user home, the folder name, "1" to make no
+# folder when there is nothing to copy. Prints one JSON line.
+SEED_SCRIPT = r"""
+import ctypes, errno, json, os, shutil, stat, sys, tempfile
+
+src, home, name, skip_empty = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+target = os.path.join(home, name)
+
+
+def done(seeded, why):
+    print(json.dumps({"seeded": seeded, "why": why}))
+    sys.exit(0)
+
+
+def copy_into(source, dest, names):
+    # folders and regular files only: never links or special files
+    for entry in names:
+        old, new = os.path.join(source, entry), os.path.join(dest, entry)
+        mode = os.lstat(old).st_mode
+        if stat.S_ISDIR(mode):
+            os.mkdir(new, 0o700)
+            copy_into(old, new, sorted(os.listdir(old)))
+            os.chmod(new, (mode & 0o755) | 0o700)
+        elif stat.S_ISREG(mode):
+            shutil.copyfile(old, new, follow_symlinks=False)
+            os.chmod(new, (mode & 0o755) | 0o600)
+
+
+def move_no_replace(old, new):
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is not None:
+        if renameat2(-100, old.encode(), -100, new.encode(), 1) == 0:  # RENAME_NOREPLACE
+            return True
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            return False
+        if err not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err), new)
+    if os.path.lexists(new):
+        return False
+    os.rename(old, new)
+    return True
+
+
+if os.path.lexists(target):
+    done(False, "exists")
+entries = sorted(e for e in os.listdir(src) if not e.startswith("."))  # no dot files
+if skip_empty and not entries:
+    done(False, "nothing to copy")
+staging = tempfile.mkdtemp(prefix=".tljh-r2d-seed-", dir=home)
+try:
+    copy_into(src, staging, entries)
+    if not move_no_replace(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)
+        done(False, "exists")
+except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+done(True, "copied")
+"""
+
+
+class SeedFailed(RuntimeError):
+    """The copy job did not finish; the message says why (Docker's reason,
+    the job's last log lines)."""
+
+
+def job_spec(
+    image: str,
+    user: str,
+    home: str,
+    image_home: str,
+    name: str,
+    skip_empty: bool,
+    constraints: list[str],
+    hub_name: str,
+    owner: str,
+) -> dict:
+    """``services.create`` arguments of one copy job (pure)."""
+    job_labels = {SEED_LABEL: "true", labels.HUB: hub_name, labels.USER: owner}
+    return {
+        "task_template": {
+            "ContainerSpec": {
+                "Image": image,
+                # Command replaces the image's entrypoint: only the copy runs
+                "Command": ["python3", "-c", SEED_SCRIPT],
+                "Args": [image_home, HOME_MOUNT, name, "1" if skip_empty else "0"],
+                "User": user,
+                "Mounts": [{"Type": "bind", "Source": home, "Target": HOME_MOUNT}],
+                "CapabilityDrop": ["ALL"],
+                "Labels": job_labels,
+            },
+            "Resources": {"Limits": {"MemoryBytes": 256 * 2**20, "Pids": 64}},
+            "Placement": {"Constraints": list(constraints)},
+            "RestartPolicy": {"Condition": "none"},
+            "Networks": [],
+        },
+        "name": f"tljh-r2d-seed-{os.urandom(4).hex()}",
+        "labels": job_labels,
+        "mode": {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}},
+    }
+
+
+def read_result(log: str) -> dict:
+    """The job's verdict: its last JSON line (pure); {} when there is none."""
+    for line in reversed(log.strip().splitlines()):
+        try:
+            value = json.loads(line.strip())
+        except ValueError:
+            continue
+        if isinstance(value, dict) and isinstance(value.get("seeded"), bool):
+            return value
+    return {}
+
+
+def _log_text(client, service_id: str) -> str:
+    """The job's last lines (docker-py's generator, read here: in a thread)."""
+    try:
+        return b"".join(client.service_logs(service_id, stdout=True, stderr=True, tail=20)).decode(
+            errors="replace"
+        )
+    except docker.errors.DockerException:
+        return ""
+
+
+async def run_seed_job(client, spec: dict, timeout: float = 300) -> bool:
+    """Run one copy job with ``client`` (the spawner's docker-py client of
+    the manager: its URL and TLS) and remove it; True when it copied, False
+    when the folder was there already or there was nothing to copy.
+    SeedFailed with the reason otherwise."""
+    service = await asyncio.to_thread(client.create_service, **spec)
+    service_id = service["ID"]
+    try:
+        deadline = time.monotonic() + timeout
+        delay = 0.1
+        while True:
+            tasks = await asyncio.to_thread(client.tasks, filters={"service": service_id})
+            finished = [t for t in tasks if ((t.get("Status") or {}).get("State")) in FINAL_STATES]
+            if finished:
+                task = finished[0]
+                break
+            if time.monotonic() > deadline:
+                raise SeedFailed(f"the copy did not finish within {timeout:g} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+        log = await asyncio.to_thread(_log_text, client, service_id)
+        status = task.get("Status") or {}
+        result = read_result(log)
+        if status.get("State") == "complete" and result:
+            return bool(result["seeded"])
+        reason = str(status.get("Err") or status.get("Message") or status.get("State")).strip()
+        tail = log.strip()[-1500:]
+        raise SeedFailed(reason + (f"; its log:\n{tail}" if tail else ""))
+    finally:
+        try:
+            await asyncio.to_thread(client.remove_service, service_id)
+        except docker.errors.DockerException:
+            pass  # already gone
