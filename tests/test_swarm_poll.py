@@ -9,7 +9,7 @@ import asyncio
 
 import docker.errors
 
-from tljh_repo2docker.swarmspawner import Repo2DockerSwarmSpawner
+from tljh_repo2docker.swarmspawner import NODE_DOWN_GRACE, Repo2DockerSwarmSpawner
 
 
 def task(task_id="t1", state="running", node="n1", created="2026-12-01T10:00:00.1Z"):
@@ -57,9 +57,41 @@ def test_after_a_hub_restart_the_task_is_judged_by_its_node_alone():
 def test_a_node_that_left_or_is_gone_stops_the_server_with_a_reason():
     for nodes in ({"n1": node("down")}, {}):
         spawner = spawner_with([task()], nodes, started=task())
+        assert poll(spawner) is None  # once may be a hiccup
+        assert poll(spawner) is None  # and so is twice within the grace
+        spawner._node_down_since -= NODE_DOWN_GRACE  # as if the hub polled again later
         assert poll(spawner) is not None
         assert "(worker1)" in spawner.stopped_because or not nodes
         assert "left the hub's swarm" in spawner.stopped_because
+
+
+def test_a_node_back_before_the_second_look_keeps_the_server():
+    nodes = {"n1": node("down")}
+    spawner = spawner_with([task()], nodes, started=task())
+    assert poll(spawner) is None
+    nodes["n1"] = node("ready")
+    assert poll(spawner) is None
+    spawner._node_down_since = None
+    nodes["n1"] = node("down")
+    assert poll(spawner) is None  # a new hiccup starts a new grace
+    assert not getattr(spawner, "stopped_because", "")
+
+
+def test_after_a_hub_restart_a_replaced_task_is_still_seen(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(
+        Repo2DockerSwarmSpawner, "user", SimpleNamespace(name="ann", id=1), raising=False
+    )
+    before = spawner_with([task()], {"n1": node()}, started=task())
+    state = before.get_state()
+    assert state["tljh_repo2docker_task"] == "t1"
+    moved = task("t2", node="n1", created="2026-12-01T10:05:00Z")
+    after = spawner_with([task(), moved], {"n1": node()})
+    after.load_state(state)
+    assert poll(after) == "task replaced"
+    after.clear_state()
+    assert "tljh_repo2docker_task" not in after.get_state()
 
 
 def test_a_node_the_manager_is_still_unsure_of_keeps_the_server():

@@ -4,7 +4,6 @@ and the job's spec. The job on a real swarm is in tests/swarm/test_swarm_hub.py.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import subprocess
@@ -21,8 +20,10 @@ def run_script(src, home, name, skip_empty=False):
          "1" if skip_empty else "0"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return swarmseed.read_result(result.stdout)
+    assert result.returncode in (swarmseed.COPIED, swarmseed.EXISTS, swarmseed.NOTHING), (
+        result.stderr
+    )
+    return result.returncode
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def listing(root):
 def test_copies_visible_files_and_folders_only(image_home, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
-    assert run_script(image_home, home, "course") == {"seeded": True, "why": "copied"}
+    assert run_script(image_home, home, "course") == swarmseed.COPIED
     assert listing(home / "course") == [
         "lessons", "lessons/.hidden-inside", "lessons/one.ipynb", "run.sh",
     ]  # fmt: skip
@@ -73,7 +74,7 @@ def test_a_name_already_taken_is_never_touched(image_home, tmp_path, kind):
         target.write_text("mine")
     else:
         os.symlink("/etc", target)
-    assert run_script(image_home, home, "course") == {"seeded": False, "why": "exists"}
+    assert run_script(image_home, home, "course") == swarmseed.EXISTS
     if kind == "folder":
         assert listing(target) == ["mine.txt"]
     elif kind == "file":
@@ -89,9 +90,9 @@ def test_nothing_to_copy_makes_no_folder_when_asked(tmp_path):
     (src / ".bashrc").write_text("x")
     home = tmp_path / "home"
     home.mkdir()
-    assert run_script(src, home, "course", skip_empty=True)["why"] == "nothing to copy"
+    assert run_script(src, home, "course", skip_empty=True) == swarmseed.NOTHING
     assert os.listdir(home) == []
-    assert run_script(src, home, "project")["seeded"] is True  # a launch: an empty folder
+    assert run_script(src, home, "project") == swarmseed.COPIED  # a launch: an empty folder
     assert os.listdir(home / "project") == []
 
 
@@ -115,10 +116,25 @@ def test_the_job_runs_as_the_owner_without_rights_and_names_are_arguments():
     assert spec["labels"][labels.HUB] == "h" and spec["labels"][labels.USER] == "ann"
 
 
-def test_the_verdict_is_the_last_json_line():
-    assert swarmseed.read_result("noise\n" + json.dumps({"seeded": True, "why": "c"})) == {
-        "seeded": True,
-        "why": "c",
-    }
-    assert swarmseed.read_result("Traceback ...\nOSError") == {}
-    assert swarmseed.read_result('{"seeded": "yes"}') == {}
+def finished(state, code):
+    return {"Status": {"State": state, "ContainerStatus": {"ExitCode": code}}}
+
+
+def test_the_verdict_is_the_exit_code_in_the_tasks_status():
+    assert swarmseed.verdict(finished("complete", 0)) is True
+    assert swarmseed.verdict(finished("failed", swarmseed.EXISTS)) is False
+    assert swarmseed.verdict(finished("failed", swarmseed.NOTHING)) is False
+    assert swarmseed.verdict(finished("failed", 1)) is None  # a traceback
+    assert swarmseed.verdict(finished("rejected", None)) is None
+    assert swarmseed.verdict({}) is None
+
+
+def test_a_failure_in_the_copy_is_an_error_not_a_verdict(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", swarmseed.SEED_SCRIPT, str(tmp_path / "missing"), str(tmp_path),
+         "x", "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode not in (swarmseed.COPIED, swarmseed.EXISTS, swarmseed.NOTHING)
+    assert "FileNotFoundError" in result.stderr
+    assert os.listdir(tmp_path) == []

@@ -45,6 +45,7 @@ from functools import cached_property
 from urllib.parse import urlsplit
 
 import docker.errors
+import requests
 from jupyterhub.spawner import Spawner
 from jupyterhub.traitlets import ByteSpecification
 from jupyterhub.utils import maybe_future
@@ -75,7 +76,22 @@ _templates = jinja_env()
 # images whose home has nothing to copy (a picker start asks once per image)
 _NOTHING_TO_COPY: set[str] = set()
 # what a failed copy from an image raises (either backend)
-_COPY_ERRORS = (docker.errors.DockerException, OSError, projects.ProjectError, SeedFailed)
+_COPY_ERRORS = (
+    docker.errors.DockerException,
+    requests.RequestException,  # docker-py's connection errors
+    OSError,
+    projects.ProjectError,
+    SeedFailed,
+)
+
+
+def _refresh(folder: str) -> None:
+    """Read ``folder`` once: on NFS this revalidates the control node's cached
+    view of it, so a folder another node just made is seen."""
+    try:
+        os.listdir(folder)
+    except OSError:
+        pass  # _kind / lstat say what is there
 
 
 def _kind(path: str) -> str | None:
@@ -688,6 +704,7 @@ class Repo2DockerSpawnerMixin(LoggingConfigurable):
             except _COPY_ERRORS as e:
                 self.log.warning("%s: could not copy into ~/%s: %s", self._log_name, folder, e)
                 return
+            _refresh(home)
             if not seeded and _kind(target) is None:
                 _NOTHING_TO_COPY.add(info.image_id)  # ask once per image
         landing = projects.course_landing(self.default_url, folder)
@@ -707,6 +724,7 @@ class Repo2DockerSpawnerMixin(LoggingConfigurable):
             await self._copy_from_image(info, home, name, owner, skip_empty=False)
         except _COPY_ERRORS as e:
             raise SpawnError(500, f"Could not prepare your project folder {project}: {e}") from e
+        _refresh(home)
         try:
             folder = os.lstat(target)
         except OSError as e:

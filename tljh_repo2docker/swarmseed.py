@@ -22,13 +22,14 @@ server swaps in can gain them nothing they do not have.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 
 import docker.errors
+import requests
 
 from . import labels
+from .aiotime import within
 
 SEED_LABEL = "tljh_repo2docker.seed"
 HOME_MOUNT = "/srv/tljh-r2d-home"  # the user's home, in the job's container
@@ -36,17 +37,19 @@ FINAL_STATES = frozenset({"complete", "failed", "shutdown", "rejected", "orphane
 
 # Run by the image's python3 (every single-user image has one). Arguments:
 # the image's home, the mounted user home, the folder name, "1" to make no
-# folder when there is nothing to copy. Prints one JSON line.
+# folder when there is nothing to copy. The verdict is the exit code (read
+# from the task's status: no logging driver needed); anything else is a
+# failure whose traceback is in the job's log.
+COPIED, EXISTS, NOTHING = 0, 3, 4
 SEED_SCRIPT = r"""
-import ctypes, errno, json, os, shutil, stat, sys, tempfile
+import ctypes, errno, os, shutil, stat, sys, tempfile
 
 src, home, name, skip_empty = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 target = os.path.join(home, name)
 
 
-def done(seeded, why):
-    print(json.dumps({"seeded": seeded, "why": why}))
-    sys.exit(0)
+def done(code):
+    sys.exit(code)  # 0 copied, 3 the name is taken, 4 nothing to copy
 
 
 def copy_into(source, dest, names):
@@ -80,20 +83,20 @@ def move_no_replace(old, new):
 
 
 if os.path.lexists(target):
-    done(False, "exists")
+    done(3)
 entries = sorted(e for e in os.listdir(src) if not e.startswith("."))  # no dot files
 if skip_empty and not entries:
-    done(False, "nothing to copy")
+    done(4)
 staging = tempfile.mkdtemp(prefix=".tljh-r2d-seed-", dir=home)
 try:
     copy_into(src, staging, entries)
     if not move_no_replace(staging, target):
         shutil.rmtree(staging, ignore_errors=True)
-        done(False, "exists")
+        done(3)
 except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
-done(True, "copied")
+done(0)
 """
 
 
@@ -138,26 +141,25 @@ def job_spec(
     }
 
 
-def read_result(log: str) -> dict:
-    """The job's verdict: its last JSON line (pure); {} when there is none."""
-    for line in reversed(log.strip().splitlines()):
-        try:
-            value = json.loads(line.strip())
-        except ValueError:
-            continue
-        if isinstance(value, dict) and isinstance(value.get("seeded"), bool):
-            return value
-    return {}
+def verdict(task: dict) -> bool | None:
+    """From a finished task (pure): True copied, False the name was taken or
+    there was nothing to copy, None a failure."""
+    status = task.get("Status") or {}
+    code = (status.get("ContainerStatus") or {}).get("ExitCode")
+    if status.get("State") == "complete":
+        return True  # exit code 0
+    if status.get("State") == "failed" and code in (EXISTS, NOTHING):
+        return False
+    return None
 
 
 def _log_text(client, service_id: str) -> str:
     """The job's last lines (docker-py's generator, read here: in a thread)."""
     try:
-        return b"".join(client.service_logs(service_id, stdout=True, stderr=True, tail=20)).decode(
-            errors="replace"
-        )
-    except docker.errors.DockerException:
-        return ""
+        chunks = client.service_logs(service_id, stdout=True, stderr=True, tail=20, is_tty=False)
+        return b"".join(chunks).decode(errors="replace")
+    except (docker.errors.DockerException, requests.RequestException):
+        return ""  # no logs (a driver without them): the reason alone
 
 
 async def run_seed_job(client, spec: dict, timeout: float = 300) -> bool:
@@ -180,12 +182,15 @@ async def run_seed_job(client, spec: dict, timeout: float = 300) -> bool:
                 raise SeedFailed(f"the copy did not finish within {timeout:g} s")
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 1.0)
-        log = await asyncio.to_thread(_log_text, client, service_id)
+        result = verdict(task)
+        if result is not None:
+            return result
         status = task.get("Status") or {}
-        result = read_result(log)
-        if status.get("State") == "complete" and result:
-            return bool(result["seeded"])
         reason = str(status.get("Err") or status.get("Message") or status.get("State")).strip()
+        try:  # a worker that stops answering must not hold the start
+            log = await within(15, asyncio.to_thread(_log_text, client, service_id))
+        except asyncio.TimeoutError:
+            log = ""
         tail = log.strip()[-1500:]
         raise SeedFailed(reason + (f"; its log:\n{tail}" if tail else ""))
     finally:

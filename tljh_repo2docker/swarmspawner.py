@@ -69,6 +69,11 @@ def _stamp(value: str) -> tuple[str, str]:
     return seconds, fraction.ljust(9, "0")
 
 
+# Seconds a task's node must stay down (seen by two polls) before its server
+# counts as stopped: Swarm calls a node down after ~15 s without heartbeats.
+NODE_DOWN_GRACE = 20.0
+TASK_KEY = "tljh_repo2docker_task"
+
 # Swarm service names are DNS labels: at most 63 characters.
 MAX_SERVICE_NAME = 63
 
@@ -126,6 +131,26 @@ class Repo2DockerSwarmSpawner(Repo2DockerSpawnerMixin, SwarmSpawner):
         "(constraints, memory) before the start fails with Swarm's reason.",
     )
 
+    _node_down_since: float | None = None
+    _task_id = ""
+
+    # the task started, kept over hub restarts: a task Swarm replaced is seen
+    def get_state(self):
+        state = super().get_state()
+        task_id = (getattr(self, "_task", None) or {}).get("ID") or self._task_id
+        if task_id and self.service_id:
+            state[TASK_KEY] = task_id
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        task_id = state.get(TASK_KEY)
+        self._task_id = task_id if isinstance(task_id, str) else ""
+
+    def clear_state(self):
+        super().clear_state()
+        self._task_id = ""
+
     @default("object_name")
     def _object_name_default(self):
         return service_name_within(super()._object_name_default())
@@ -148,6 +173,8 @@ class Repo2DockerSwarmSpawner(Repo2DockerSpawnerMixin, SwarmSpawner):
         }
         self._server_user = user
         self._task = None
+        self._task_id = ""
+        self._node_down_since = None
         self.stopped_because = ""
         self._progress(40, f"Starting {info.display_name} on the swarm")
         try:
@@ -247,8 +274,10 @@ class Repo2DockerSwarmSpawner(Repo2DockerSpawnerMixin, SwarmSpawner):
 
         A node that leaves the swarm (or dies) never reports its task again:
         the manager keeps calling it "running". So the node is asked too;
-        when it is down or gone the server counts as stopped, with a reason
-        the user sees on the picker (``stopped_because``)."""
+        when it is down or gone at two checks ``NODE_DOWN_GRACE`` apart (one
+        is a network hiccup: stopping would end a live server) the server
+        counts as stopped, with a reason the user sees on the picker
+        (``stopped_because``)."""
         if not self.service_id:
             return 0
         try:
@@ -260,8 +289,8 @@ class Repo2DockerSwarmSpawner(Repo2DockerSpawnerMixin, SwarmSpawner):
         state = (task.get("Status") or {}).get("State", "")
         if state in FINAL_STATES:
             return f"task {state}: {task_failure(task) or 'ended'}"
-        started = getattr(self, "_task", None) or {}  # unknown after a hub restart
-        if started.get("ID") and task.get("ID") != started["ID"]:
+        started = (getattr(self, "_task", None) or {}).get("ID") or self._task_id
+        if started and task.get("ID") != started:
             # Swarm replaced the task (a drained node): a new process at a
             # new address that the hub's route does not lead to
             self.stopped_because = (
@@ -279,6 +308,11 @@ class Repo2DockerSwarmSpawner(Repo2DockerSpawnerMixin, SwarmSpawner):
             node = {}
         node_state = (node.get("Status") or {}).get("State", "gone")
         if node_state in ("ready", "unknown"):  # unknown: the manager is still finding out
+            self._node_down_since = None
+            return None
+        now = time.monotonic()
+        if self._node_down_since is None or now - self._node_down_since < NODE_DOWN_GRACE:
+            self._node_down_since = self._node_down_since or now
             return None
         where = (node.get("Description") or {}).get("Hostname") or node_id[:12]
         self.stopped_because = (
