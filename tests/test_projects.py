@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 import tarfile
 
@@ -325,3 +326,41 @@ def test_course_folders_are_the_environment_name(name):
 def test_course_folders_are_never_paths_or_hidden(name):
     with pytest.raises(validation.InvalidInput):
         projects.course_folder(name)
+
+
+@needs_root
+def test_a_traversable_pin_is_reached_by_name_only_and_leaves_nothing(tmp_path):
+    """On a swarm a worker's engine (nobody, with NFS root_squash) resolves
+    the parked path: every folder on the way is 0711, the last one has 128
+    random bits in its name, and both are gone afterwards."""
+    homes, home = user_home(tmp_path)
+    (home / "proj").mkdir()
+    (home / "proj" / "work.txt").write_text("kept")
+    os.chown(home / "proj", 1000, 100)
+    staging = projects.staging_root(str(homes))
+    with projects.pinned_folder(str(home / "proj"), 1000, staging, traversable=True) as source:
+        holder = os.path.dirname(source)
+        assert os.path.dirname(holder) == staging
+        assert re.fullmatch(r"pin-[0-9a-f]{32}", os.path.basename(holder))
+        assert stat.S_IMODE(os.stat(staging).st_mode) == 0o711
+        assert stat.S_IMODE(os.stat(holder).st_mode) == 0o711
+        assert os.stat(holder).st_uid == 0
+        with open(os.path.join(source, "work.txt")) as f:
+            assert f.read() == "kept"
+    assert (home / "proj" / "work.txt").read_text() == "kept"
+    assert os.listdir(staging) == []
+
+
+@needs_root
+def test_a_traversable_pin_gives_back_what_an_interrupted_start_left(tmp_path):
+    homes, home = user_home(tmp_path)
+    staging = projects.prepare_staging_root(projects.staging_root(str(homes)), 0o711)
+    holder = os.path.join(staging, "pin-" + "0" * 32)
+    os.mkdir(holder)
+    parked = os.path.join(holder, "parked-jupyter-eve-proj")
+    os.mkdir(parked)
+    os.chown(parked, 1000, 100)
+    with projects.pinned_folder(str(home / "proj"), 1000, staging, traversable=True) as source:
+        assert source != parked and os.path.basename(source) == "parked-jupyter-eve-proj"
+    assert (home / "proj").is_dir()
+    assert os.listdir(staging) == []

@@ -54,17 +54,17 @@ def staging_root(homes_dir: str) -> str:
     return os.path.join(homes_dir, STAGING_DIR)
 
 
-def prepare_staging_root(path: str) -> str:
-    """Create ``path`` (root's, 0700) or check that it still is; return it."""
+def prepare_staging_root(path: str, mode: int = 0o700) -> str:
+    """Create ``path`` (root's, ``mode``) or check that it still is; return it."""
     try:
-        os.mkdir(path, 0o700)
+        os.mkdir(path, mode)
     except FileExistsError:
         pass
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
         raise ProjectError(f"{path} is not a folder of this hub's own: ask an administrator")
-    if stat.S_IMODE(info.st_mode) != 0o700:
-        os.chmod(path, 0o700, follow_symlinks=False)
+    if stat.S_IMODE(info.st_mode) != mode:
+        os.chmod(path, mode, follow_symlinks=False)
     return path
 
 
@@ -217,7 +217,7 @@ def move_into(source: str, directory: str, name: str) -> bool:
 
 
 @contextlib.contextmanager
-def pinned_folder(path: str, uid: int, mounts_root: str):
+def pinned_folder(path: str, uid: int, mounts_root: str, traversable: bool = False):
     """A root-only path that is the folder ``path`` names now, for Docker.
 
     Docker resolves a bind mount's source path when the container starts; a
@@ -229,14 +229,28 @@ def pinned_folder(path: str, uid: int, mounts_root: str):
     folder left there by an interrupted start is given back first. If the
     user made something of the same name meanwhile, the folder comes back as
     ``<name>.restored-<random>``: never lost, never replacing anything.
+
+    ``traversable`` (a swarm): the Docker engine of a worker resolves the
+    path, and with NFS's ``root_squash`` it is nobody there. So ``mounts_root``
+    is 0711 (entered by name, never listed) and the folder is parked one
+    level deeper, in a fresh folder of 128 random bits (0711): found only by
+    whoever was told its name.
     """
     home, name = os.path.split(path)
-    root = prepare_staging_root(mounts_root)
-    parked = os.path.join(root, f"parked-{os.path.basename(home)}-{name}")
+    root = prepare_staging_root(mounts_root, 0o711 if traversable else 0o700)
+    label = f"parked-{os.path.basename(home)}-{name}"
     home_fd = _open_dir(home)
+    holder = root
     try:
-        if os.path.lexists(parked):
-            _give_back(parked, home_fd, name)
+        for left in _parked_leftovers(root, label):
+            _give_back(left, home_fd, name)
+            if os.path.dirname(left) != root:
+                _remove_holder(os.path.dirname(left))
+        if traversable:
+            holder = os.path.join(root, f"pin-{secrets.token_hex(16)}")
+            os.mkdir(holder, 0o700)
+            os.chmod(holder, 0o711)  # noqa: S103 (entered by name only: see above)
+        parked = os.path.join(holder, label)
         if not _rename(home_fd, name, _AT_FDCWD, parked):
             raise ProjectError(f"{parked} is in the way: ask an administrator")
         try:
@@ -248,6 +262,24 @@ def pinned_folder(path: str, uid: int, mounts_root: str):
             _give_back(parked, home_fd, name)
     finally:
         os.close(home_fd)
+        if holder != root:
+            _remove_holder(holder)
+
+
+def _parked_leftovers(root: str, label: str) -> list[str]:
+    """Folders parked under ``label`` by an interrupted start (either layout)."""
+    found = [os.path.join(root, label)]
+    found += [
+        os.path.join(root, entry, label) for entry in os.listdir(root) if entry.startswith("pin-")
+    ]
+    return [path for path in found if os.path.lexists(path)]
+
+
+def _remove_holder(path: str) -> None:
+    try:
+        os.rmdir(path)  # empty once the folder is given back; else kept, never lost
+    except OSError:
+        pass
 
 
 def _give_back(parked: str, home_fd: int, name: str):

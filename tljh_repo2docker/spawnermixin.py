@@ -657,7 +657,10 @@ class Repo2DockerSpawnerMixin(LoggingConfigurable):
                 try:
                     source = pins.enter_context(
                         projects.pinned_folder(
-                            only_project, owner.uid, projects.staging_root(self.homes_dir)
+                            only_project,
+                            owner.uid,
+                            projects.staging_root(self.homes_dir),
+                            traversable=self.pins_traversable,
                         )
                     )
                 except (OSError, projects.ProjectError) as e:
@@ -674,6 +677,10 @@ class Repo2DockerSpawnerMixin(LoggingConfigurable):
         return ip, port
 
     # --- what a backend provides ----------------------------------------------
+    # Whether another machine's engine resolves a parked project folder's
+    # path (see projects.pinned_folder): the swarm's workers do.
+    pins_traversable = False
+
     async def _start_container(self, info, user: str, settings: BuildSettings):
         """Start the server (self.image, limits, volumes are set); its (ip, port)."""
         raise NotImplementedError

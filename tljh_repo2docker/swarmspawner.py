@@ -131,6 +131,8 @@ class Repo2DockerSwarmSpawner(Repo2DockerSpawnerMixin, SwarmSpawner):
         "(constraints, memory) before the start fails with Swarm's reason.",
     )
 
+    # a worker's engine (root squashed to nobody on NFS) resolves parked folders
+    pins_traversable = True
     _node_down_since: float | None = None
     _task_id = ""
 
