@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -138,3 +139,71 @@ def test_a_failure_in_the_copy_is_an_error_not_a_verdict(tmp_path):
     assert result.returncode not in (swarmseed.COPIED, swarmseed.EXISTS, swarmseed.NOTHING)
     assert "FileNotFoundError" in result.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_staging_left_by_a_killed_copy_long_ago_is_removed(image_home, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    old = home / ".tljh-r2d-seed-old"
+    (old / "half").mkdir(parents=True)
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    recent = home / ".tljh-r2d-seed-now"  # maybe another copy at work
+    recent.mkdir()
+    assert run_script(image_home, home, "course") == swarmseed.COPIED
+    assert sorted(os.listdir(home)) == [".tljh-r2d-seed-now", "course"]
+
+
+class FakeManager:
+    """docker-py's calls that run_seed_job makes, answering with ``tasks``."""
+
+    def __init__(self, tasks, log=b""):
+        self._tasks = tasks
+        self._log = log
+        self.created = []
+        self.removed = []
+
+    def create_service(self, **spec):
+        self.created.append(spec)
+        return {"ID": "job1"}
+
+    def tasks(self, filters):
+        assert filters == {"service": "job1"}
+        return self._tasks
+
+    def service_logs(self, service_id, **kwargs):
+        assert kwargs["is_tty"] is False
+        return iter([self._log])
+
+    def remove_service(self, service_id):
+        self.removed.append(service_id)
+
+
+def seed(manager, **kwargs):
+    import asyncio
+
+    spec = {"task_template": {}, "name": "n", "labels": {}, "mode": {}}
+    return asyncio.run(swarmseed.run_seed_job(manager, spec, **kwargs))
+
+
+def test_the_job_answers_by_its_exit_code_and_is_always_removed():
+    for tasks, expected in (
+        ([finished("complete", 0)], True),
+        ([finished("failed", swarmseed.EXISTS)], False),
+    ):
+        manager = FakeManager(tasks)
+        assert seed(manager) is expected
+        assert manager.removed == ["job1"]
+    manager = FakeManager([finished("failed", 1)], log=b"Traceback\nPermissionError: x\n")
+    with pytest.raises(swarmseed.SeedFailed, match="PermissionError"):
+        seed(manager)
+    assert manager.removed == ["job1"]
+
+
+def test_a_job_no_node_can_take_says_swarms_reason_soon():
+    pending = {"Status": {"State": "pending", "Err": "no suitable node (1 node not available)"}}
+    manager = FakeManager([pending])
+    began = time.monotonic()
+    with pytest.raises(swarmseed.SeedFailed, match="no suitable node"):
+        seed(manager, timeout=60, unschedulable_timeout=0.3)
+    assert time.monotonic() - began < 10
+    assert manager.removed == ["job1"]

@@ -42,7 +42,7 @@ FINAL_STATES = frozenset({"complete", "failed", "shutdown", "rejected", "orphane
 # failure whose traceback is in the job's log.
 COPIED, EXISTS, NOTHING = 0, 3, 4
 SEED_SCRIPT = r"""
-import ctypes, errno, os, shutil, stat, sys, tempfile
+import ctypes, errno, os, shutil, stat, sys, tempfile, time
 
 src, home, name, skip_empty = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 target = os.path.join(home, name)
@@ -82,6 +82,15 @@ def move_no_replace(old, new):
     return True
 
 
+# staging left by a copy that was killed (its job timed out) an hour ago
+for entry in os.listdir(home):
+    path = os.path.join(home, entry)
+    if entry.startswith(".tljh-r2d-seed-") and not os.path.islink(path):
+        try:
+            if os.path.isdir(path) and time.time() - os.lstat(path).st_mtime > 3600:
+                shutil.rmtree(path)
+        except OSError:
+            pass
 if os.path.lexists(target):
     done(3)
 entries = sorted(e for e in os.listdir(src) if not e.startswith("."))  # no dot files
@@ -162,7 +171,19 @@ def _log_text(client, service_id: str) -> str:
         return ""  # no logs (a driver without them): the reason alone
 
 
-async def run_seed_job(client, spec: dict, timeout: float = 300) -> bool:
+def unplaceable(tasks: list[dict]) -> str:
+    """Swarm's reason when the job's task waits for a node that fits (pure);
+    '' while it is placed or nothing is said."""
+    for task in tasks:
+        status = task.get("Status") or {}
+        if status.get("State") == "pending" and (status.get("Err") or ""):
+            return str(status["Err"]).strip()[:500]
+    return ""
+
+
+async def run_seed_job(
+    client, spec: dict, timeout: float = 300, unschedulable_timeout: float = 15
+) -> bool:
     """Run one copy job with ``client`` (the spawner's docker-py client of
     the manager: its URL and TLS) and remove it; True when it copied, False
     when the folder was there already or there was nothing to copy.
@@ -170,7 +191,8 @@ async def run_seed_job(client, spec: dict, timeout: float = 300) -> bool:
     service = await asyncio.to_thread(client.create_service, **spec)
     service_id = service["ID"]
     try:
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         delay = 0.1
         while True:
             tasks = await asyncio.to_thread(client.tasks, filters={"service": service_id})
@@ -178,6 +200,9 @@ async def run_seed_job(client, spec: dict, timeout: float = 300) -> bool:
             if finished:
                 task = finished[0]
                 break
+            waiting = unplaceable(tasks)
+            if waiting and time.monotonic() - started > unschedulable_timeout:
+                raise SeedFailed(f"no node of the swarm can run the copy: {waiting}")
             if time.monotonic() > deadline:
                 raise SeedFailed(f"the copy did not finish within {timeout:g} s")
             await asyncio.sleep(delay)

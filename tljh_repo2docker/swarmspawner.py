@@ -378,4 +378,9 @@ class Repo2DockerSwarmSpawner(Repo2DockerSpawnerMixin, SwarmSpawner):
             hub_name=settings.hub_name,
             owner=self.user.name,
         )
-        return await swarmseed.run_seed_job(self.client, spec, timeout=self.seed_timeout)
+        return await swarmseed.run_seed_job(
+            self.client,
+            spec,
+            timeout=self.seed_timeout,
+            unschedulable_timeout=self.unschedulable_timeout,
+        )
