@@ -78,6 +78,8 @@ def test_a_loopback_server_is_refused_exactly_like_a_closed_port(service, server
     closed_log = service.log("mallory", "probe-closed", closed_build["id"])
     assert open_log.replace(server.url("inside"), "URL") == closed_log.replace(closed, "URL")
     for text in (open_log, open_build["error"]):
+        # the URL is the person's own (its random port may well contain "404")
+        text = text.replace(server.url("inside"), "URL")
         for tell in ("refused", "404", "200 ", "onnect", "port", "HTTP", "loopback"):
             assert tell not in text, text
     assert server.requests == []  # nothing reached it
