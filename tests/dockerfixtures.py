@@ -76,6 +76,22 @@ def make_git_repo(path: Path, marker: str) -> Path:
     return path
 
 
+def make_course_repo(path: Path, marker: str) -> Path:
+    """A repository whose image has its files in the home, as repo2docker's
+    build packs put them: ``lesson.md``, ``data/points.csv`` and a hidden
+    ``.hidden`` that is never copied into a home."""
+    make_git_repo(path, marker=marker)
+    (path / "Dockerfile").write_text(
+        f"FROM {SINGLEUSER_IMAGE}\nCOPY --chown=1000:1000 . /home/jovyan/\n"
+    )
+    (path / "lesson.md").write_text("# Lesson 1\n")
+    (path / "data").mkdir()
+    (path / "data" / "points.csv").write_text("x,y\n1,2\n")
+    (path / ".hidden").write_text("not for users\n")
+    commit_change(path, "# with files")
+    return path
+
+
 def commit_change(path: Path, line: str) -> str:
     with open(path / "Dockerfile", "a") as f:
         f.write(line + "\n")

@@ -12,7 +12,7 @@ import requests
 
 from tljh_repo2docker import providers
 
-from .dockerfixtures import SINGLEUSER_IMAGE, commit_change, containers, make_git_repo
+from .dockerfixtures import commit_change, containers, make_course_repo, make_git_repo
 
 pytestmark = pytest.mark.docker
 
@@ -51,16 +51,7 @@ def student(hub):
 def project_repo(tmp_path_factory, hub_name):
     """A repository whose image has its files in the home, as repo2docker's
     build packs put them."""
-    path = make_git_repo(tmp_path_factory.mktemp("project") / "course", marker=hub_name)
-    (path / "Dockerfile").write_text(
-        f"FROM {SINGLEUSER_IMAGE}\nCOPY --chown=1000:1000 . /home/jovyan/\n"
-    )
-    (path / "lesson.md").write_text("# Lesson 1\n")
-    (path / "data").mkdir()
-    (path / "data" / "points.csv").write_text("x,y\n1,2\n")
-    (path / ".hidden").write_text("not for users\n")
-    commit_change(path, "# with files")
-    return path
+    return make_course_repo(tmp_path_factory.mktemp("project") / "course", marker=hub_name)
 
 
 @pytest.fixture(scope="module")

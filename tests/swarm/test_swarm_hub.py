@@ -39,8 +39,9 @@ import requests
 from tljh_repo2docker import labels, providers
 
 from ..conftest import run_cli
-from ..dockerfixtures import SINGLEUSER_IMAGE, commit_change, docker, make_git_repo
+from ..dockerfixtures import docker, make_course_repo, make_git_repo
 from ..hubprocess import hub_settings_for
+from ..test_launch import events as build_events
 from .cluster import Cluster
 from .conftest import write_notice
 
@@ -361,18 +362,7 @@ def test_a_version_in_use_on_a_worker_stays_and_a_deleted_one_leaves_the_registr
 
 @pytest.fixture(scope="module")
 def course_repo(tmp_path_factory, hub_name):
-    """A repository whose image has its files in the home, as repo2docker's
-    build packs put them."""
-    path = make_git_repo(tmp_path_factory.mktemp("course-repo") / "course", marker=hub_name)
-    (path / "Dockerfile").write_text(
-        f"FROM {SINGLEUSER_IMAGE}\nCOPY --chown=1000:1000 . /home/jovyan/\n"
-    )
-    (path / "lesson.md").write_text("# Lesson 1\n")
-    (path / "data").mkdir()
-    (path / "data" / "points.csv").write_text("x,y\n1,2\n")
-    (path / ".hidden").write_text("not for users\n")
-    commit_change(path, "# with files")
-    return path
+    return make_course_repo(tmp_path_factory.mktemp("course-repo") / "course", marker=hub_name)
 
 
 def assert_seeded(folder: str):
@@ -416,20 +406,7 @@ def test_a_launch_link_builds_copies_and_opens_the_project_on_a_worker(
 ):
     token = swarm_hub.user_token("admin")  # file:// repositories: admins only
     spec_path = "git/" + quote(f"file://{course_repo}", safe="") + "/main"
-    r = requests.get(
-        f"{swarm_hub.service_url}/build/{spec_path}",
-        headers={"Authorization": f"token {token}"},
-        stream=True,
-        timeout=300,
-    )
-    assert r.status_code == 200, r.text
-    events = []
-    for line in r.iter_lines(decode_unicode=True):
-        if line and line.startswith("data: "):
-            events.append(json.loads(line[len("data: ") :]))
-            if events[-1]["phase"] in ("ready", "failed"):
-                break
-    r.close()
+    events = build_events(swarm_hub, token, spec_path, timeout=300)
     assert events[-1]["phase"] == "ready", events[-3:]
     spec = providers.parse("git", spec_path[4:], allow_local=True)
     assert_seeded(os.path.join(cluster.homes, "jupyter-admin", spec.server_name))
