@@ -100,6 +100,9 @@ def test_single_host_catalogues_are_todays():
     assert (catalogue.max_age, catalogue.max_stale) == (0.5, 5.0)
     # the same one as the spawner's call without settings (one cache per process)
     assert shared_catalogue("swarm-config-test", 0.5) is catalogue
+    # what admins change is read from the service's database (its default place)
+    assert catalogue.records.url == settings.db_url
+    assert settings.db_url.endswith("/state/tljh-repo2docker.sqlite")
 
 
 def test_swarm_switch_sets_the_swarm_backend():

@@ -7,13 +7,14 @@ shell string). Running it lives in ``runner.py``, orchestration in ``buildjob.py
 from __future__ import annotations
 
 import ipaddress
+import os
 import sys
 from dataclasses import dataclass
 
 from traitlets import Bool, Enum, Integer, List, Unicode, default, validate
 from traitlets.config import Configurable
 
-from . import labels, netguard, validation
+from . import labels, netguard, tljhconfig, validation
 
 DEFAULT_PREFIX = "tljh-r2d/"
 # Catalogue timers with a registry (seconds): see catalogue_options.
@@ -82,6 +83,11 @@ class BuildSettings(Configurable):
         help="URL of the swarm manager's engine when users' servers run on a swarm "
         "(there the service finds which servers use which images); empty: on this "
         "host's engine.",
+    ).tag(config=True)
+    db_url = Unicode(
+        help="SQLAlchemy URL of the environments service's database (default: SQLite in "
+        "TLJH's state dir). The hub reads what changes about an environment (display "
+        "name, limits, sharing, the current version) from it, also while the service is down.",
     ).tag(config=True)
     prepull_constraints = List(
         Unicode(),
@@ -246,6 +252,10 @@ class BuildSettings(Configurable):
             allowed_hosts=list(self.allowed_hosts),
             fetch_submodules=self.fetch_submodules,
         )
+
+    @default("db_url")
+    def _default_db_url(self):
+        return "sqlite:///" + os.path.join(tljhconfig.state_dir(), "tljh-repo2docker.sqlite")
 
     @validate("allowed_schemes")
     def _valid_schemes(self, proposal):

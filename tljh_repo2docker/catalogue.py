@@ -11,6 +11,10 @@ Docker round trip. It needs only the Docker engine, not the service.
 On top of the timers, a watcher of Docker's image events (``imageevents.py``)
 forgets the cache on every build, delete or relabel, in whichever process
 it happened, so the next listing after a change is fetched, not served.
+
+What an admin changes after a build (display name, limits, sharing, the
+current version) comes from the service's database when one is given
+(``envrecords.py``): a registry's images cannot be relabelled.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 import aiodocker
 
 from . import imageevents, labels
+from .envrecords import EnvironmentRecords, overlay
 from .imagestore import DockerImageStore, ImageStore, StoreUnavailable
 from .labels import ImageInfo
 
@@ -41,8 +46,13 @@ class Catalogue:
         max_stale: float = 5.0,
         watch_events: bool = True,
         store: ImageStore | None = None,
+        records: EnvironmentRecords | None = None,
     ):
         self.hub_name = hub_name
+        self.records = records
+        # (ids of the listing and records, their overlay, and both kept
+        # alive so that their ids stay theirs)
+        self._overlaid: tuple | None = None
         self.max_age = max_age
         # A listing older than this is never served: after a quiet spell the
         # first picker would otherwise show the catalogue of long ago (a new
@@ -108,6 +118,8 @@ class Catalogue:
             watcher, self._watcher = self._watcher, None
             await watcher.close()
         await self.store.close()
+        if self.records is not None:
+            self.records.close()
         if self._docker is not None:
             await self._docker.close()
             self._docker = None
@@ -130,9 +142,24 @@ class Catalogue:
         self._generation += 1
         self._images = None
         self._fetched_at = 0.0
+        if self.records is not None:
+            self.records.invalidate()
 
     async def images(self, fresh: bool = False) -> list[ImageInfo]:
-        """Every labelled image of this hub (all builds of all environments)."""
+        """Every labelled image of this hub (all builds of all environments),
+        with the database's values where it has them."""
+        images = await self._labelled(fresh)
+        if self.records is None:
+            return images
+        if fresh:
+            self.records.invalidate()
+        records = await self.records.get()
+        # the same listing and records as last time (most pickers): reuse
+        if self._overlaid is None or self._overlaid[:2] != (id(images), id(records)):
+            self._overlaid = (id(images), id(records), overlay(images, records), images, records)
+        return self._overlaid[2]
+
+    async def _labelled(self, fresh: bool) -> list[ImageInfo]:
         self._watch()
         age = time.monotonic() - self._fetched_at
         if self._images is None or fresh or age > self.max_stale:

@@ -64,7 +64,7 @@ KEYS = {
     "max_concurrent_starts": ("Repo2DockerSpawner", "max_concurrent_starts"),
     "server_start_timeout": ("Repo2DockerSpawner", "start_timeout"),
     "build_concurrency": ("EnvironmentsService", "build_concurrency"),
-    "db_url": ("EnvironmentsService", "db_url"),
+    "db_url": ("BuildSettings", "db_url"),
     "max_environments_per_user": ("EnvironmentsService", "max_environments_per_user"),
     "max_concurrent_builds_per_user": ("EnvironmentsService", "max_concurrent_builds_per_user"),
     "max_daily_builds_per_user": ("EnvironmentsService", "max_daily_builds_per_user"),

@@ -68,6 +68,7 @@ from .aiotime import within
 from .assets import jinja_env
 from .builder import BuildSettings
 from .catalogue import Catalogue, DockerUnavailable
+from .envrecords import EnvironmentRecords
 from .hubconfig import SERVICE_NAME
 from .swarmseed import SeedFailed
 
@@ -114,14 +115,16 @@ def shared_catalogue(
 ) -> Catalogue:
     """One catalogue (and one cache) per hub process, shared by all spawners.
     With a registry in ``settings`` (issue 12) it lists the registry."""
-    registry = (
-        (settings.image_prefix, settings.registry_scheme)
-        if settings and settings.registry
-        else None
-    )
-    key = (hub_name, max_age) if registry is None else (hub_name, max_age, registry)
+    if settings is None:
+        settings = BuildSettings()
+    registry = (settings.image_prefix, settings.registry_scheme) if settings.registry else None
+    db_url = settings.db_url
+    key = (hub_name, max_age, db_url, registry)
     if key not in _catalogues:
         options = settings.catalogue_options(max_age) if registry else {}
+        if db_url:
+            # what admins change lives in the service's database (issue 12)
+            options["records"] = EnvironmentRecords(db_url, max_age=max_age)
         _catalogues[key] = Catalogue(hub_name, **{"max_age": max_age, **options})
     return _catalogues[key]
 

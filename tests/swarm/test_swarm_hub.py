@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
@@ -39,7 +40,7 @@ import requests
 from tljh_repo2docker import labels, providers
 
 from ..conftest import run_cli
-from ..dockerfixtures import docker, make_course_repo, make_git_repo
+from ..dockerfixtures import SINGLEUSER_IMAGE, docker, make_course_repo, make_git_repo
 from ..hubprocess import hub_settings_for
 from ..test_launch import events as build_events
 from .cluster import Cluster
@@ -315,6 +316,91 @@ def test_a_server_outlives_a_hub_restart(swarm_hub, built, cluster, hub_name):
     assert r.json()["started"] == before
     stop(swarm_hub, "heidi")
     assert hub_services(cluster, hub_name, "heidi") == []
+
+
+def rebuild(hub, token: str, name: str, changes: dict) -> dict:
+    """PATCH ``name`` with ``changes``, build it again, wait for the end."""
+    r = hub.service_api("PATCH", f"/environments/{name}", token, json=changes)
+    assert r.status_code == 200, r.text
+    r = hub.service_api("POST", f"/environments/{name}/builds", token, json={})
+    assert r.status_code in (201, 202), r.text
+    build_id = r.json()["id"]
+    deadline = time.monotonic() + 300
+    while True:
+        build = hub.service_api("GET", f"/environments/{name}/builds/{build_id}", token).json()
+        if build["status"] not in ("queued", "running"):
+            assert build["status"] == "succeeded", build
+            return build
+        assert time.monotonic() < deadline, build
+        time.sleep(0.5)
+
+
+def started_image(hub, cluster: Cluster, hub_name: str, user: str) -> tuple[str, dict]:
+    """Start ``user``'s server in ``back``; the image and resources of its
+    service (the server is stopped again)."""
+    r = hub.api("POST", f"/users/{user}/server", json={"environment": "back"})
+    assert r.status_code in (201, 202), r.text
+    try:
+        hub.wait_ready(user, timeout=120)
+        (service,) = hub_services(cluster, hub_name, user)
+        template = service["Spec"]["TaskTemplate"]
+        return template["ContainerSpec"]["Image"], template["Resources"]
+    finally:
+        stop(hub, user)
+
+
+def test_what_admins_change_reaches_pickers_and_spawns_from_the_database(
+    swarm_hub, cluster, tmp_path_factory, hub_name
+):
+    """A pushed image cannot be relabelled: its display name, limits and
+    sharing, and which version is current, come to the hub from the
+    service's database (envrecords.py), not from the registry's labels."""
+    admin = swarm_hub.user_token("admin")
+    swarm_hub.user_token("kim")
+    repo = make_git_repo(tmp_path_factory.mktemp("back-repo") / "env", marker=f"{hub_name}-b")
+    (repo / "Dockerfile").write_text(f"FROM {SINGLEUSER_IMAGE}\nRUN echo v2 > /tmp/marker\n")
+    for args in (["add", "."], ["commit", "-qm", "second"]):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+            cwd=repo,
+            check=True,
+        )
+    first = swarm_hub.build_environment("back", f"file://{repo}", "v1", admin)
+    assert first["status"] == "succeeded", first
+    second = rebuild(swarm_hub, admin, "back", {"ref": "main"})
+    assert second["commit"] != first["commit"] and not second["cached"]
+    image, _ = started_image(swarm_hub, cluster, hub_name, "kim")
+    assert image.startswith(second["image"]), image
+
+    # back to the first commit: already in the registry, made current by the database
+    back = rebuild(swarm_hub, admin, "back", {"ref": "v1"})
+    assert back["cached"] and back["commit"] == first["commit"], back
+    image, _ = started_image(swarm_hub, cluster, hub_name, "kim")
+    assert image.startswith(first["image"]), image
+
+    changes = {"display_name": "Back, renamed", "mem_limit": "256M"}
+    r = swarm_hub.service_api("PATCH", "/environments/back", admin, json=changes)
+    assert r.status_code == 200, r.text
+    page = swarm_hub.login("kim").get(swarm_hub.url + "/hub/spawn").text
+    assert "Back, renamed" in page
+    _, resources = started_image(swarm_hub, cluster, hub_name, "kim")
+    assert resources["Limits"]["MemoryBytes"] == 256 * 2**20
+    assert resources["Reservations"]["MemoryBytes"] == 256 * 2**20
+    # the registry's image still says what it was built with
+    repository, tag = first["image"][len(cluster.registry) + 1 :].rsplit(":", 1)
+    pushed = cluster.image_config(repository, tag)["config"]["Labels"]
+    assert pushed[labels.DISPLAY_NAME] != "Back, renamed"
+    assert pushed[labels.MEM_LIMIT] == ""
+
+    r = swarm_hub.service_api(
+        "PATCH", "/environments/back", admin, json={"visibility": "groups:nobody-here"}
+    )
+    assert r.status_code == 200, r.text
+    assert 'value="back"' not in swarm_hub.login("kim").get(swarm_hub.url + "/hub/spawn").text
+    r = swarm_hub.api("POST", "/users/kim/server", json={"environment": "back"})
+    assert r.status_code == 400, r.text
+    r = swarm_hub.service_api("DELETE", "/environments/back", admin)
+    assert r.status_code == 204, r.text
 
 
 def test_a_version_in_use_on_a_worker_stays_and_a_deleted_one_leaves_the_registry(

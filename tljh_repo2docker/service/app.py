@@ -28,6 +28,7 @@ from .. import hubconfig, tljhconfig, validation
 from ..assets import STATIC_DIR, jinja_env
 from ..builder import BuildSettings
 from ..catalogue import Catalogue
+from ..envrecords import EnvironmentRecords
 from . import api, degraded, dockerops, launch, myservers, pages, status, store
 from .builds import BuildManager, Conflict
 from .handlers import SCOPES, ServiceState
@@ -108,7 +109,8 @@ class EnvironmentsService(Application):
 
     @default("db_url")
     def _default_db_url(self):
-        return "sqlite:///" + os.path.join(tljhconfig.state_dir(), "tljh-repo2docker.sqlite")
+        # the hub reads the same database (envrecords.py): one setting for both
+        return BuildSettings(config=self.config).db_url
 
     @default("cookie_secret_file")
     def _default_cookie_secret_file(self):
@@ -231,7 +233,11 @@ class EnvironmentsService(Application):
         self._images_refresh = None
         self.metrics = Metrics()
         # a registry's store and timers when one is set (issue 12); else as ever
-        self.catalogue = Catalogue(self.settings.hub_name, **self.settings.catalogue_options())
+        self.catalogue = Catalogue(
+            self.settings.hub_name,
+            **self.settings.catalogue_options(),
+            records=EnvironmentRecords(engine=self.sessions.engine),
+        )
         # one client for the catalogue and the rest: made lazily, so that a
         # missing Docker fails requests (503), not the start
         self.catalogue._docker = self.docker

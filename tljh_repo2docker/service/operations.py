@@ -193,8 +193,12 @@ async def update_environment(service, db, env: store.Environment, data: dict, ad
         setattr(env, key, value)
     env.updated_at = store.utcnow()
     if changes.keys() & {"display_name", "mem_limit", "cpu_limit", "visibility", "copy_files"}:
+        # the labels too, on this host's copies: they keep the catalogue
+        # right from Docker alone; a registry's images keep theirs and
+        # the catalogue takes the database's (envrecords.py)
         await relabel_images(service, env)
     db.commit()
+    service.catalogue.invalidate()
     return env
 
 
