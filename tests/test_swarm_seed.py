@@ -4,12 +4,14 @@ and the job's spec. The job on a real swarm is in tests/swarm/test_swarm_hub.py.
 
 from __future__ import annotations
 
+import datetime
 import os
 import stat
 import subprocess
 import sys
 import time
 
+import docker.errors
 import pytest
 
 from tljh_repo2docker import labels, swarmseed
@@ -156,11 +158,16 @@ def test_staging_left_by_a_killed_copy_long_ago_is_removed(image_home, tmp_path)
 class FakeManager:
     """docker-py's calls that run_seed_job makes, answering with ``tasks``."""
 
-    def __init__(self, tasks, log=b""):
+    def __init__(self, tasks, log=b"", services=()):
         self._tasks = tasks
         self._log = log
+        self._services = list(services)
         self.created = []
         self.removed = []
+
+    def services(self, filters):
+        assert filters == {"label": [f"{swarmseed.SEED_LABEL}=true", f"{labels.HUB}=hub1"]}
+        return self._services
 
     def create_service(self, **spec):
         self.created.append(spec)
@@ -181,8 +188,45 @@ class FakeManager:
 def seed(manager, **kwargs):
     import asyncio
 
-    spec = {"task_template": {}, "name": "n", "labels": {}, "mode": {}}
+    spec = {"task_template": {}, "name": "n", "labels": {labels.HUB: "hub1"}, "mode": {}}
     return asyncio.run(swarmseed.run_seed_job(manager, spec, **kwargs))
+
+
+def job(service_id: str, created: str, hub: str = "hub1", seed: str = "true") -> dict:
+    return {
+        "ID": service_id,
+        "CreatedAt": created,
+        "Spec": {"Labels": {swarmseed.SEED_LABEL: seed, labels.HUB: hub}},
+    }
+
+
+def test_jobs_a_stopped_hub_left_are_removed_before_the_next_copy():
+    now = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=datetime.timezone.utc)
+    services = [
+        job("old", "2026-12-01T11:50:00.123456789Z"),
+        job("recent", "2026-12-01T11:58:30.5Z"),  # maybe another copy at work
+        job("other-hub", "2026-12-01T10:00:00Z", hub="hub2"),
+        job("not-a-copy", "2026-12-01T10:00:00Z", seed="false"),
+        job("unreadable", "yesterday"),
+    ]
+    assert swarmseed.stale_jobs(services, "hub1", now, max_age=360) == ["old"]
+    assert swarmseed.created_at("2026-12-01T11:50:00.123456789Z") == datetime.datetime(
+        2026, 12, 1, 11, 50, 0, 123456, tzinfo=datetime.timezone.utc
+    )
+    left = job("left", "2020-01-01T00:00:00.000000001Z")
+    manager = FakeManager([finished("complete", 0)], services=[left])
+    assert seed(manager) is True
+    assert manager.removed == ["left", "job1"]
+
+
+def test_a_failed_look_for_leftovers_does_not_fail_the_copy():
+    class Unreachable(FakeManager):
+        def services(self, filters):
+            raise docker.errors.APIError("manager gone")
+
+    manager = Unreachable([finished("complete", 0)])
+    assert seed(manager) is True
+    assert manager.removed == ["job1"]
 
 
 def test_the_job_answers_by_its_exit_code_and_is_always_removed():

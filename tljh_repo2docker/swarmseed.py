@@ -22,6 +22,8 @@ server swaps in can gain them nothing they do not have.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import logging
 import os
 import time
 
@@ -30,6 +32,8 @@ import requests
 
 from . import labels
 from .aiotime import within
+
+log = logging.getLogger(__name__)
 
 SEED_LABEL = "tljh_repo2docker.seed"
 HOME_MOUNT = "/srv/tljh-r2d-home"  # the user's home, in the job's container
@@ -181,6 +185,51 @@ def unplaceable(tasks: list[dict]) -> str:
     return ""
 
 
+def created_at(value: str) -> datetime.datetime | None:
+    """Docker's ``CreatedAt`` (nanoseconds, ``Z``) as an aware time, or None."""
+    try:
+        stamp, _, fraction = value.rstrip("Z").partition(".")
+        parsed = datetime.datetime.fromisoformat(stamp + "." + (fraction + "000000")[:6])
+    except (AttributeError, ValueError):
+        return None
+    return parsed.replace(tzinfo=datetime.timezone.utc)
+
+
+def stale_jobs(
+    services: list[dict], hub_name: str, now: datetime.datetime, max_age: float
+) -> list[str]:
+    """The ids of this hub's copy jobs older than ``max_age`` seconds (pure).
+    A live copy removes its job within its timeout; an older one was left by
+    a hub that stopped mid-copy."""
+    found = []
+    for service in services:
+        spec_labels = (service.get("Spec") or {}).get("Labels") or {}
+        if spec_labels.get(SEED_LABEL) != "true" or spec_labels.get(labels.HUB) != hub_name:
+            continue
+        created = created_at(service.get("CreatedAt", ""))
+        if created is not None and (now - created).total_seconds() > max_age:
+            found.append(service["ID"])
+    return found
+
+
+async def sweep_stale_jobs(client, hub_name: str, max_age: float) -> list[str]:
+    """Remove the copy jobs a stopped hub left on the swarm (best effort:
+    a failure here must not fail a start)."""
+    try:
+        services = await asyncio.to_thread(
+            client.services, filters={"label": [f"{SEED_LABEL}=true", f"{labels.HUB}={hub_name}"]}
+        )
+        now = datetime.datetime.now(datetime.timezone.utc)
+        doomed = stale_jobs(services, hub_name, now, max_age)
+        for service_id in doomed:
+            log.warning("removing copy job %s that a stopped hub left", service_id)
+            await asyncio.to_thread(client.remove_service, service_id)
+        return doomed
+    except (docker.errors.DockerException, requests.RequestException) as e:
+        log.warning("could not look for copy jobs left on the swarm: %s", e)
+        return []
+
+
 async def run_seed_job(
     client, spec: dict, timeout: float = 300, unschedulable_timeout: float = 15
 ) -> bool:
@@ -188,6 +237,10 @@ async def run_seed_job(
     the manager: its URL and TLS) and remove it; True when it copied, False
     when the folder was there already or there was nothing to copy.
     SeedFailed with the reason otherwise."""
+    hub_name = (spec.get("labels") or {}).get(labels.HUB)
+    if hub_name:
+        # this hub's own leftovers: older than any copy still at work
+        await sweep_stale_jobs(client, hub_name, max_age=timeout + 60)
     service = await asyncio.to_thread(client.create_service, **spec)
     service_id = service["ID"]
     try:
