@@ -1019,28 +1019,51 @@ def test_delete_while_a_server_uses_it(api, hub, hub_settings, hub_name, tokens,
 
 
 # --- restarts ---------------------------------------------------------------------------
-def test_a_hub_restart_interrupts_a_running_build(api, hub, hub_name, state):
+def running_again(api: Api, build_id: int, old_pid: int, note: str) -> list[str]:
+    """After a restart: the same build runs again in one new repo2docker
+    process, and its log goes on past ``note`` to the slow step again.
+    Returns the log's messages."""
+    pids = wait_for(lambda: [p for p in repo2docker_pids(SLOW) if p != old_pid], timeout=90)
+    assert len(pids) == 1 and old_pid not in repo2docker_pids(SLOW), pids
+    seen = []
+
+    def again(event) -> bool:
+        if event.event == "message":
+            seen.append(event.json["message"])
+        return any(note in m for m in seen) and "sleep" in seen[-1]
+
+    stream_log(api, SLOW, build_id, until=again)
+    assert "sleep" in seen[-1], seen[-5:]
+    after = api.ok("GET", f"/environments/{SLOW}/builds/{build_id}", 200)
+    assert after["status"] == "running" and not after["finished_at"], after
+    return seen
+
+
+def cancel_and_check_nothing_left(api: Api, build_id: int, hub_name: str):
+    cancelled = api.ok("POST", f"/environments/{SLOW}/builds/{build_id}/cancel", 202)
+    assert cancelled["status"] == "cancelled", cancelled
+    assert wait_for(lambda: repo2docker_pids(SLOW) == [], timeout=10)
+    assert images_of(SLOW, hub_name) == []
+
+
+def test_a_hub_restart_runs_a_running_build_again(api, hub, hub_name, state):
+    """The build queue outlives the service (issue 12): a clean stop puts a
+    running build back in the queue, and the next start runs it again."""
     build = api.ok("POST", f"/environments/{SLOW}/builds", 202, json={})
-    wait_running(api, SLOW, build["id"])
+    before = [e.json["message"] for e in log_lines(wait_running(api, SLOW, build["id"]))]
     (pid,) = repo2docker_pids(SLOW)
     hub.stop()  # stops the service too (SIGINT/SIGTERM: a clean shutdown)
     assert group_alive(pid) == []
     hub.start()
-    after = api.ok("GET", f"/environments/{SLOW}/builds/{build['id']}", 200)
-    assert after["status"] == "interrupted", after
-    assert "stopped" in after["error"]
-    assert after["finished_at"]
-    assert repo2docker_pids(SLOW) == []
-    assert images_of(SLOW, hub_name) == []
-    events = stream_log(api, SLOW, build["id"])
-    assert final_status(events)["status"] == "interrupted"
-    assert "Interrupted" in log_lines(events)[-1].json["message"]
+    seen = running_again(api, build["id"], pid, "starts again when it is back")
+    assert seen[: len(before)] == before, "the log written before the stop is kept"
+    cancel_and_check_nothing_left(api, build["id"], hub_name)
     names = {e["name"]: e for e in api.ok("GET", "/environments", 200)["environments"]}
     assert names[XSS]["image"] and names[XSS]["status"] == "succeeded"
     assert names[PRIVATE]["image"]
 
 
-def test_a_killed_service_leaves_no_build_behind(api, hub, hub_name):
+def test_a_killed_services_build_runs_again_once(api, hub, hub_name):
     build = api.ok("POST", f"/environments/{SLOW}/builds", 202, json={})
     wait_running(api, SLOW, build["id"])
     (pid,) = repo2docker_pids(SLOW)
@@ -1048,13 +1071,10 @@ def test_a_killed_service_leaves_no_build_behind(api, hub, hub_name):
     time.sleep(0.5)
     assert group_alive(pid), "repo2docker outlives a killed service (recovery must end it)"
     hub.stop()
-    hub.start()  # the service starts again: recovery kills the orphan
+    hub.start()  # the service starts again: recovery kills the orphan, then runs it again
     assert wait_for(lambda: not group_alive(pid), timeout=10)
-    after = api.ok("GET", f"/environments/{SLOW}/builds/{build['id']}", 200)
-    assert after["status"] == "interrupted", after
-    assert "restarted" in after["error"]
-    assert repo2docker_pids(SLOW) == []
-    assert images_of(SLOW, hub_name) == []
+    running_again(api, build["id"], pid, "restarted: this build starts again")
+    cancel_and_check_nothing_left(api, build["id"], hub_name)
     names = {e["name"] for e in api.ok("GET", "/environments", 200)["environments"]}
     assert {XSS, PRIVATE, SLOW, BADREPO} <= names
     # and the environment builds again (cancelled at once: the step sleeps)

@@ -262,7 +262,9 @@ class EnvironmentsService(Application):
             min_free_bytes=self.min_free_disk,
             homes_dir=self.homes_dir(),
         )
-        interrupted = await self.builds.recover()
+        resumed, interrupted = await self.builds.recover()
+        if resumed:
+            self.log.info("%d builds left by a previous start are queued again", resumed)
         if interrupted:
             self.log.warning("marked %d builds interrupted by a restart", interrupted)
 

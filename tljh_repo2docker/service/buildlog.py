@@ -67,6 +67,22 @@ class BuildLog:
         log.finished = True
         return log
 
+    def resume(self, head: str, tail: str, count: int) -> BuildLog:
+        """Take up a stored log (a build a restarted service runs again):
+        its lines keep their numbers, new ones follow, the same bounds hold."""
+        self.head = _loads(head)
+        self.head_bytes = sum(_size(e) for e in self.head)
+        stored_tail = _loads(tail)
+        if stored_tail or count > len(self.head):
+            self.head_size = len(self.head)  # closed: numbers stay in order
+        for entry in stored_tail:
+            if self.tail.maxlen is not None and len(self.tail) == self.tail.maxlen:
+                self.tail_bytes -= _size(self.tail.popleft())
+            self.tail.append(entry)
+            self.tail_bytes += _size(entry)
+        self.count = max(count, len(self.head) + len(stored_tail))
+        return self
+
     def append(self, phase: str, message: str):
         # redact first: cutting could split a secret and leave half of it
         message = self._redact(message)

@@ -5,8 +5,11 @@
 - an environment has at most one queued or running build (the API says 409);
 - a commit that already has an image finishes at once, without a slot;
 - cancel kills repo2docker's process group and removes a partial image;
-- at start, builds a previous service process left queued or running are
-  marked ``interrupted``, their processes killed, their partial images removed;
+- the queue outlives the service: a service that stops puts its running
+  builds back in the queue, and at start the builds a previous process left
+  queued or running (also after ``kill -9``; its repo2docker processes are
+  killed first) run again in their order, their logs continued. Only a
+  build given credentials (never written anywhere) ends ``interrupted``;
 - a running build's log is written to the database every few seconds, so
   that a killed service (``kill -9``) loses at most those seconds of it;
 - a build keeps its slot until its final status is written: the database
@@ -204,39 +207,39 @@ class BuildManager:
             ref=ref,
             requested_by=requested_by,
             status=store.QUEUED,
-        )
-        db.add(build)
-        db.commit()
-        request = BuildRequest(
-            name=environment.name,
-            repo=environment.repo,
-            ref=ref,
-            display_name=environment.display_name,
-            mem_limit=environment.mem_limit,
-            cpu_limit=environment.cpu_limit,
-            built_by=requested_by,
-            build_args=tuple(sorted(json.loads(environment.build_args or "{}").items())),
-            owner=environment.owner,
-            visibility=environment.visibility,
-            copy_files=environment.copy_files,
             # an admin's build: local repositories and any base image
             trusted=exempt,
             archive_version=archive_version,
+            resumable=credentials is None,
         )
-        self.logs[build.id] = BuildLog(
+        db.add(build)
+        db.commit()
+        self._enqueue(build.id, build_request(environment, build), credentials, self._new_log())
+        return build
+
+    def _new_log(self, credentials: Credentials | None = None) -> BuildLog:
+        return BuildLog(
             head_size=self.log_head,
             tail_size=self.log_tail,
             redact=redactor(credentials.secrets() if credentials else []),
             max_line_bytes=self.settings.log_max_line_bytes,
             max_bytes=self.settings.log_max_bytes,
         )
-        self.waiting.append(build.id)
-        self.queued_at[build.id] = time.monotonic()
+
+    def _enqueue(
+        self,
+        build_id: int,
+        request: BuildRequest,
+        credentials: Credentials | None,
+        buildlog: BuildLog,
+    ):
+        self.logs[build_id] = buildlog
+        self.waiting.append(build_id)
+        self.queued_at[build_id] = time.monotonic()
         self._start_flusher()
-        task = asyncio.ensure_future(self._run(build.id, request, credentials))
-        self.tasks[build.id] = task
-        task.add_done_callback(lambda _t, bid=build.id: self._forget(bid))
-        return build
+        task = asyncio.ensure_future(self._run(build_id, request, credentials))
+        self.tasks[build_id] = task
+        task.add_done_callback(lambda _t, bid=build_id: self._forget(bid))
 
     def check_quota(self, db, user: str):
         """Builds a user may start: at once, and in 24 hours (admins are exempt)."""
@@ -380,6 +383,7 @@ class BuildManager:
         env = gitref.git_env(credentials.git_env() if credentials else None)
         status, fields = store.FAILED, {}
         slot = HeldSlot(self.slots)
+        requeue = False
 
         def on_running():
             if build_id in self.waiting:
@@ -406,9 +410,17 @@ class BuildManager:
             if not result.cached:
                 await self.collect_garbage(buildlog)
         except asyncio.CancelledError:
-            if self.shutting_down:
+            if self.shutting_down and credentials is None:
+                # back in the queue: the next start of the service runs it again
+                requeue = True
+                buildlog.append(
+                    "waiting",
+                    "The environments service is stopping: this build starts again "
+                    "when it is back\n",
+                )
+            elif self.shutting_down:
                 status = store.INTERRUPTED
-                fields = {"error": "the environments service stopped during this build"}
+                fields = {"error": f"the environments service stopped during this build{UNSAVED}"}
                 buildlog.append("failed", "Interrupted: the environments service stopped\n")
             else:
                 status = store.CANCELLED
@@ -426,26 +438,41 @@ class BuildManager:
             now = store.utcnow()
             final = {**self._pending.pop(build_id, {}), **fields}
             waited = time.monotonic() - self.queued_at.get(build_id, time.monotonic())
-            started = None
             final.update(status=status, finished_at=now, pid=None)
             final.update(log_head=head, log_tail=tail, log_lines=count)
-            try:
-                with self.sessions() as db:
-                    build = db.get(store.Build, build_id)
-                    started = build.started_at if build is not None else None
-                final["started_at"] = started or final.get("started_at") or now
-                await self._write_final(build_id, final)
-            finally:
-                # the place under the cap is free only once the database
-                # says this build is no longer running
+            if requeue:
+                # queued again, not ended: no end time, no metrics. A failed
+                # write leaves it "running", which the next start resumes too.
+                final.update(status=store.QUEUED, started_at=None, finished_at=None)
+                try:
+                    self._write(build_id, final)
+                except OperationalError as e:
+                    log.warning("build %s: left as it was for the next start: %s", build_id, e)
                 self.running.discard(build_id)
                 slot.release()
                 buildlog.finish()
-                self.catalogue.invalidate()
-            if self.metrics is not None:
-                # repo2docker's run time; a cached build never ran it: its time in all
-                duration = (now - started).total_seconds() if started else waited
-                self.metrics.build_finished(status, bool(final.get("cached")), duration)
+            else:
+                await self._finish(build_id, final, status, now, waited, slot, buildlog)
+
+    async def _finish(self, build_id, final, status, now, waited, slot, buildlog):
+        started = None
+        try:
+            with self.sessions() as db:
+                build = db.get(store.Build, build_id)
+                started = build.started_at if build is not None else None
+            final["started_at"] = started or final.get("started_at") or now
+            await self._write_final(build_id, final)
+        finally:
+            # the place under the cap is free only once the database
+            # says this build is no longer running
+            self.running.discard(build_id)
+            slot.release()
+            buildlog.finish()
+            self.catalogue.invalidate()
+        if self.metrics is not None:
+            # repo2docker's run time; a cached build never ran it: its time in all
+            duration = (now - started).total_seconds() if started else waited
+            self.metrics.build_finished(status, bool(final.get("cached")), duration)
 
     async def collect_garbage(self, buildlog: BuildLog | None = None):
         """Remove old versions beyond the limits (never one a container uses)."""
@@ -486,21 +513,39 @@ class BuildManager:
                 log.warning("could not remove partial image %s: %s", tag, e)
 
     # --- restart recovery -------------------------------------------------------
-    async def recover(self):
-        """Mark builds left active by a previous process ``interrupted``."""
+    async def recover(self) -> tuple[int, int]:
+        """Take up the builds a previous process left queued or running:
+        run them again in their order, or mark them ``interrupted`` when
+        they cannot be (credentials). Returns (resumed, interrupted)."""
+        resumed: list[tuple[int, BuildRequest, BuildLog]] = []
         with self.sessions() as db:
             stale = db.scalars(
-                select(store.Build).where(store.Build.status.in_(store.ACTIVE_STATES))
+                select(store.Build)
+                .where(store.Build.status.in_(store.ACTIVE_STATES))
+                .order_by(store.Build.id)
             ).all()
             for build in stale:
                 if build.pid and _is_repo2docker(build.pid):
-                    log.warning("killing repo2docker (pid %s) of interrupted build", build.pid)
+                    log.warning("killing repo2docker (pid %s) of a previous process", build.pid)
                     try:
                         os.killpg(build.pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
+                build.pid = None
+                if build.resumable:
+                    buildlog = self._new_log().resume(
+                        build.log_head, build.log_tail, build.log_lines or 0
+                    )
+                    if build.status == store.RUNNING:
+                        buildlog.append(
+                            "waiting",
+                            "The environments service restarted: this build starts again\n",
+                        )
+                    build.status, build.started_at = store.QUEUED, None
+                    resumed.append((build.id, build_request(build.environment, build), buildlog))
+                    continue
                 build.status = store.INTERRUPTED
-                build.error = "the environments service restarted during this build"
+                build.error = f"the environments service restarted during this build{UNSAVED}"
                 # the log written so far stays, with the reason as its last line
                 entry = json.dumps(
                     {"phase": "failed", "message": "Interrupted: the service restarted\n"},
@@ -509,9 +554,34 @@ class BuildManager:
                 build.log_tail = (build.log_tail + "\n" + entry).lstrip("\n")
                 build.log_lines = (build.log_lines or 0) + 1
                 build.finished_at = store.utcnow()
-                build.pid = None
             db.commit()
-        return len(stale)
+        for build_id, request, buildlog in resumed:
+            self._enqueue(build_id, request, None, buildlog)
+        return len(resumed), len(stale) - len(resumed)
+
+
+# why a build given credentials is not run again after a restart
+UNSAVED = " (its repository's credentials are never stored: start it again)"
+
+
+def build_request(environment: store.Environment, build: store.Build) -> BuildRequest:
+    """What repo2docker is asked to build for ``build``: the environment's
+    recipe now, at the build's ref, with the build's own permissions."""
+    return BuildRequest(
+        name=environment.name,
+        repo=environment.repo,
+        ref=build.ref,
+        display_name=environment.display_name,
+        mem_limit=environment.mem_limit,
+        cpu_limit=environment.cpu_limit,
+        built_by=build.requested_by,
+        build_args=tuple(sorted(json.loads(environment.build_args or "{}").items())),
+        owner=environment.owner,
+        visibility=environment.visibility,
+        copy_files=environment.copy_files,
+        trusted=build.trusted,
+        archive_version=build.archive_version,
+    )
 
 
 def _is_repo2docker(pid: int) -> bool:

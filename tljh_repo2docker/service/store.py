@@ -112,6 +112,13 @@ class Build(Base):
     log_head: Mapped[str] = mapped_column(Text, default="")
     log_tail: Mapped[str] = mapped_column(Text, default="")
     log_lines: Mapped[int] = mapped_column(Integer, default=0)
+    # What a restarted service needs to run it again (schema version 6): an
+    # admin's build may use local repositories and any base image; a DOI's
+    # archive version. A build given credentials is never resumed (they are
+    # never written anywhere).
+    trusted: Mapped[bool] = mapped_column(Boolean, default=False)
+    archive_version: Mapped[str] = mapped_column(String(255), default="")
+    resumable: Mapped[bool] = mapped_column(Boolean, default=True)
 
     environment: Mapped[Environment] = relationship(back_populates="builds")
 
@@ -214,6 +221,16 @@ def _add_copy_files_v5(conn: Connection):
     conn.execute(text("ALTER TABLE environments ADD COLUMN copy_files BOOLEAN NOT NULL DEFAULT 1"))
 
 
+def _resumable_builds_v6(conn: Connection):
+    for column in (
+        "trusted BOOLEAN NOT NULL DEFAULT 0",
+        "archive_version VARCHAR(255) NOT NULL DEFAULT ''",
+        # builds of older versions are over (recovery ran): never resumed
+        "resumable BOOLEAN NOT NULL DEFAULT 0",
+    ):
+        conn.execute(text(f"ALTER TABLE builds ADD COLUMN {column}"))
+
+
 def _is_launch_slug(name: str, repo: str) -> bool:
     provider, _, rest = name.partition("-")
     if not rest:
@@ -230,6 +247,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _add_owner_visibility_v3,
     _launch_consent_v4,
     _add_copy_files_v5,
+    _resumable_builds_v6,
 ]
 
 
