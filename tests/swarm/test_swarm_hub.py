@@ -14,8 +14,10 @@ catalogue; a build is startable at once while the hub's listing is cached; a
 spawn lands on a worker with its limits, user, home and labels and answers
 through the proxy; a file outlives a restart on the other worker; five
 stop/starts of one named server each reach the new task; 3 and then 20
-concurrent spawns; a server outlives a hub restart; a version in use on a
-worker is kept and a deleted one leaves the registry; a picker start and a
+concurrent spawns; a server outlives a hub restart; a rename, a new limit,
+hiding and going back to an older commit reach the picker and the next spawn
+from the service's database (the registry's labels unchanged); a version in
+use on a worker is kept and a deleted one leaves the registry; a picker start and a
 launch link copy the repository's files into the home through a job on a
 worker; a worker that leaves the swarm: its user's server counts as stopped,
 the picker says why, and the next start lands on the other worker.
