@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import time
@@ -45,6 +46,7 @@ from ..conftest import run_cli
 from ..dockerfixtures import SINGLEUSER_IMAGE, docker, make_course_repo, make_git_repo
 from ..hubprocess import hub_settings_for
 from ..test_launch import events as build_events
+from ..test_service_api import service_pid
 from .cluster import Cluster
 from .conftest import write_notice
 
@@ -383,9 +385,17 @@ def test_what_admins_change_reaches_pickers_and_spawns_from_the_database(
     changes = {"display_name": "Back, renamed", "mem_limit": "256M"}
     r = swarm_hub.service_api("PATCH", "/environments/back", admin, json=changes)
     assert r.status_code == 200, r.text
-    page = swarm_hub.login("kim").get(swarm_hub.url + "/hub/spawn").text
-    assert "Back, renamed" in page
-    _, resources = started_image(swarm_hub, cluster, hub_name, "kim")
+    # the hub reads the database itself: with the service frozen (it cannot
+    # answer anything), the picker and a spawn still get the new values
+    service = service_pid(swarm_hub)
+    os.kill(service, signal.SIGSTOP)
+    try:
+        time.sleep(1)  # past the hub's cache of the records (0.5 s)
+        page = swarm_hub.login("kim").get(swarm_hub.url + "/hub/spawn").text
+        assert "Back, renamed" in page
+        _, resources = started_image(swarm_hub, cluster, hub_name, "kim")
+    finally:
+        os.kill(service, signal.SIGCONT)
     assert resources["Limits"]["MemoryBytes"] == 256 * 2**20
     assert resources["Reservations"]["MemoryBytes"] == 256 * 2**20
     # the registry's image still says what it was built with
