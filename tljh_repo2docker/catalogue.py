@@ -50,8 +50,7 @@ class Catalogue:
     ):
         self.hub_name = hub_name
         self.records = records
-        # (ids of the listing and records, their overlay, and both kept
-        # alive so that their ids stay theirs)
+        # (listing, records, their overlay) of the last call
         self._overlaid: tuple | None = None
         self.max_age = max_age
         # A listing older than this is never served: after a quiet spell the
@@ -155,9 +154,10 @@ class Catalogue:
             self.records.invalidate()
         records = await self.records.get()
         # the same listing and records as last time (most pickers): reuse
-        if self._overlaid is None or self._overlaid[:2] != (id(images), id(records)):
-            self._overlaid = (id(images), id(records), overlay(images, records), images, records)
-        return self._overlaid[2]
+        last = self._overlaid
+        if last is None or last[0] is not images or last[1] is not records:
+            self._overlaid = last = (images, records, overlay(images, records))
+        return last[2]
 
     async def _labelled(self, fresh: bool) -> list[ImageInfo]:
         self._watch()
