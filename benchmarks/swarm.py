@@ -59,6 +59,7 @@ import storm as stormbench  # noqa: E402
 from tests.dockerfixtures import make_git_repo, remove_hub_objects  # noqa: E402
 from tests.hubprocess import HubProcess, hub_settings_for, missing_tools  # noqa: E402
 from tests.swarm.cluster import (  # noqa: E402
+    BASE_IMAGE,
     FINAL_STATES,
     Cluster,
     image_id,
@@ -366,6 +367,7 @@ def main() -> int:
                 image_prefix=f"{cluster.registry}/{swarm_name}/",
                 registry=cluster.registry,
                 registry_scheme="http",
+                builder_base_image=BASE_IMAGE,  # builds run in builder containers
                 server_start_timeout=args.start_timeout,
                 swarm={
                     "enabled": True,

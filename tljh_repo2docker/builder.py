@@ -185,6 +185,20 @@ class BuildSettings(Configurable):
         "server's root folder. A launch with user option whole_home=true gets 'home'.",
     ).tag(config=True)
 
+    build_backend = Enum(
+        ["auto", "process", "container"],
+        "auto",
+        help="Where repo2docker runs: 'process' (a child process of the environments "
+        "service), 'container' (a labelled container of the builder image, found, "
+        "cancelled and cleaned up through the Docker API), or 'auto': container when "
+        "a registry is set (several hosts), process otherwise.",
+    ).tag(config=True)
+    builder_base_image = Unicode(
+        "debian:bookworm-slim",
+        help="Debian or Ubuntu image the builder image is made from (apt's python3 and git, "
+        "pip's repo2docker, this host's docker CLI and buildx plugin); container backend only.",
+    ).tag(config=True)
+
     @default("image_prefix")
     def _default_image_prefix(self):
         return f"{self.registry}/{DEFAULT_PREFIX}" if self.registry else DEFAULT_PREFIX
@@ -244,6 +258,19 @@ class BuildSettings(Configurable):
             "max_age": max(max_age, REGISTRY_MAX_AGE),
             "max_stale": REGISTRY_MAX_STALE,
         }
+
+    def uses_build_containers(self) -> bool:
+        return self.build_backend == "container" or (
+            self.build_backend == "auto" and bool(self.registry)
+        )
+
+    def build_runner(self, docker):
+        """The build backend these settings choose (``buildrunners``)."""
+        from . import buildrunners
+
+        if not self.uses_build_containers():
+            return buildrunners.ProcessRunner()
+        return buildrunners.ContainerRunner(docker, self.hub_name, self.builder_base_image)
 
     def net_guard(self) -> netguard.NetGuard:
         """The network rules every fetch of a repository goes through."""

@@ -1,7 +1,8 @@
 """One build, end to end: resolve the ref, reuse or build the image, check it.
 
 Used by the command line and by the service. The Docker calls are thin; the
-command is built by ``builder``, run by ``runner``.
+command is built by ``builder`` and run by a build backend (``buildrunners``:
+a child process, or a container of the builder image).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import aiodocker
 import aiohttp
 
-from . import access, baseimages, gitref, imageevents, labels, runner
+from . import access, baseimages, buildrunners, gitref, imageevents, labels
 from .builder import BuildRequest, BuildSettings, build_config, repo2docker_argv
 from .runner import LogLine
 
@@ -255,6 +256,8 @@ async def run_build(
     on_running: Callable[[], None] | None = None,
     on_spawn: Callable[[int], None] | None = None,
     on_resolved: Callable[[str], None] | None = None,
+    build_runner=None,
+    job: str = "",
 ) -> BuildResult:
     """Build ``request``; an image of the same commit is reused at once.
 
@@ -321,7 +324,15 @@ async def run_build(
                 built_at=utcnow_iso(),
                 config_files=config_files,
             )
-            code = await runner.run_logged(argv, on_line, env=env, on_spawn=on_spawn)
+            code = await (build_runner or buildrunners.ProcessRunner()).run(
+                argv,
+                on_line,
+                env=env,
+                job=job,
+                # read by repo2docker in a builder container: mounted there
+                files=[*(config_files or []), *settings.repo2docker_config],
+                on_spawn=on_spawn,
+            )
     if code != 0:
         raise BuildFailed(f"repo2docker exited with code {code}; the build log says why")
     built = await image_labels(docker, tag)

@@ -15,6 +15,7 @@ import getpass
 import json
 import os
 import re
+import secrets
 import sys
 
 import aiodocker
@@ -97,7 +98,15 @@ async def _build(args) -> int:
 
     async with aiodocker.Docker() as docker:
         try:
-            result = await run_build(settings, request, show, docker=docker)
+            result = await run_build(
+                settings,
+                request,
+                show,
+                docker=docker,
+                build_runner=settings.build_runner(docker),
+                # not a service build: the service's restart leaves it alone
+                job=f"cli-{os.getpid()}-{secrets.token_hex(4)}",
+            )
         except BuildFailed as e:
             print(f"error: {inert(str(e))}", file=sys.stderr)
             return 1

@@ -47,7 +47,7 @@ from ..dockerfixtures import SINGLEUSER_IMAGE, docker, make_course_repo, make_gi
 from ..hubprocess import hub_settings_for
 from ..test_launch import events as build_events
 from ..test_service_api import service_pid
-from .cluster import Cluster
+from .cluster import BASE_IMAGE, Cluster
 from .conftest import write_notice
 
 pytestmark = [pytest.mark.swarm, pytest.mark.docker]
@@ -65,6 +65,9 @@ def hub_settings(cluster: Cluster, hub_name):
         image_prefix=f"{cluster.registry}/{hub_name}/",
         registry=cluster.registry,
         registry_scheme="http",
+        # with a registry, builds run in builder containers (auto); the
+        # default base (debian:bookworm-slim) cannot be pulled here
+        builder_base_image=BASE_IMAGE,
         # 20 servers starting at once on two Docker-in-Docker workers of this
         # 2-core machine took 81 s (the hub, the workers and the servers
         # share the two cores): room for a busy CI machine
@@ -121,6 +124,7 @@ def built(swarm_hub, cluster: Cluster, tmp_path_factory, hub_name) -> str:
         swarm_hub, "build", f"file://{repo}", "--ref", "v1", "--name", "demo", "--mem-limit", "512M"
     )
     TIMINGS["build + push + prepull"] = round(time.monotonic() - start, 1)
+    assert "in the builder container tljh-r2d-build-" in result.stdout, result.stdout[-2000:]
     image = result.stdout.strip().splitlines()[-1].split()[-1]
     assert image.startswith(f"{cluster.registry}/{hub_name}/demo:"), result.stdout
     docker("rmi", image)
@@ -334,6 +338,10 @@ def rebuild(hub, token: str, name: str, changes: dict) -> dict:
         build = hub.service_api("GET", f"/environments/{name}/builds/{build_id}", token).json()
         if build["status"] not in ("queued", "running"):
             assert build["status"] == "succeeded", build
+            if not build["cached"]:
+                # with a registry, repo2docker runs in a labelled builder container
+                r = hub.service_api("GET", f"/environments/{name}/builds/{build_id}/log", token)
+                assert "in the builder container tljh-r2d-build-" in r.text, r.text[-2000:]
             return build
         assert time.monotonic() < deadline, build
         time.sleep(0.5)

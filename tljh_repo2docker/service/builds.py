@@ -4,10 +4,11 @@
   their position;
 - an environment has at most one queued or running build (the API says 409);
 - a commit that already has an image finishes at once, without a slot;
-- cancel kills repo2docker's process group and removes a partial image;
+- cancel stops repo2docker (its process group, or its builder container) and
+  removes a partial image;
 - the queue outlives the service: a service that stops puts its running
   builds back in the queue, and at start the builds a previous process left
-  queued or running (also after ``kill -9``; its repo2docker processes are
+  queued or running (also after ``kill -9``; its repo2docker runs are
   killed first) run again in their order, their logs continued. Only a
   build given credentials (never written anywhere) ends ``interrupted``;
 - a running build's log is written to the database every few seconds, so
@@ -23,8 +24,6 @@ import base64
 import datetime
 import json
 import logging
-import os
-import signal
 import time
 from dataclasses import dataclass
 
@@ -151,6 +150,8 @@ class BuildManager:
         self.catalogue = catalogue
         # where servers run (which versions are in use): this host by default
         self.servers = servers or LocalServers(docker, settings.hub_name)
+        # where repo2docker runs: a child process, or a builder container
+        self.runner = settings.build_runner(docker)
         self.concurrency = concurrency
         self.slots = asyncio.Semaphore(concurrency)
         self.waiting: list[int] = []
@@ -404,6 +405,8 @@ class BuildManager:
                 on_running=on_running,
                 on_spawn=lambda pid: self._update(build_id, pid=pid),
                 on_resolved=lambda commit: self._update(build_id, commit=commit),
+                build_runner=self.runner,
+                job=str(build_id),
             )
             status = store.SUCCEEDED
             fields = {"commit": result.commit, "image": result.image, "cached": result.cached}
@@ -519,18 +522,25 @@ class BuildManager:
         they cannot be (credentials). Returns (resumed, interrupted)."""
         resumed: list[tuple[int, BuildRequest, BuildLog]] = []
         with self.sessions() as db:
+            pids = {
+                str(build.id): build.pid
+                for build in db.scalars(
+                    select(store.Build).where(store.Build.status.in_(store.ACTIVE_STATES))
+                )
+            }
+        # first the repo2docker runs a previous process left: a child process
+        # (by its recorded pid) or a builder container (by its labels)
+        try:
+            await self.runner.reap(pids)
+        except aiodocker.DockerError as e:
+            log.warning("could not look for builds a previous process left: %s", e)
+        with self.sessions() as db:
             stale = db.scalars(
                 select(store.Build)
                 .where(store.Build.status.in_(store.ACTIVE_STATES))
                 .order_by(store.Build.id)
             ).all()
             for build in stale:
-                if build.pid and _is_repo2docker(build.pid):
-                    log.warning("killing repo2docker (pid %s) of a previous process", build.pid)
-                    try:
-                        os.killpg(build.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
                 build.pid = None
                 if build.resumable:
                     buildlog = self._new_log().resume(
@@ -547,12 +557,11 @@ class BuildManager:
                 build.status = store.INTERRUPTED
                 build.error = f"the environments service restarted during this build{UNSAVED}"
                 # the log written so far stays, with the reason as its last line
-                entry = json.dumps(
-                    {"phase": "failed", "message": "Interrupted: the service restarted\n"},
-                    separators=(",", ":"),
+                buildlog = self._new_log().resume(
+                    build.log_head, build.log_tail, build.log_lines or 0
                 )
-                build.log_tail = (build.log_tail + "\n" + entry).lstrip("\n")
-                build.log_lines = (build.log_lines or 0) + 1
+                buildlog.append("failed", "Interrupted: the service restarted\n")
+                build.log_head, build.log_tail, build.log_lines = buildlog.stored()
                 build.finished_at = store.utcnow()
             db.commit()
         for build_id, request, buildlog in resumed:
@@ -582,11 +591,3 @@ def build_request(environment: store.Environment, build: store.Build) -> BuildRe
         trusted=build.trusted,
         archive_version=build.archive_version,
     )
-
-
-def _is_repo2docker(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"repo2docker" in f.read()
-    except OSError:
-        return False

@@ -1,0 +1,205 @@
+"""The builder image: repo2docker, git and the docker CLI in one image, so
+that a build can run as a container the engine knows.
+
+A build that is a container is found, cancelled and cleaned up through the
+Docker API by whichever process asks, by its labels. A build that is a child
+process can only be found through ``/proc`` of the host that started it
+(issue 12). The recipe is built here from:
+
+- ``base_image`` (a Debian or Ubuntu image; ``debian:bookworm-slim`` by
+  default) with apt's python3, git and CA certificates;
+- the same jupyter-repo2docker version as this service's, from pip;
+- this host's docker CLI and buildx plugin (repo2docker >= 2025 calls
+  ``docker buildx build``), which talk to the engine through its socket;
+- this host's CA bundle, so the builder trusts what the host trusts;
+- a small entry script that reads the build's environment (git settings,
+  credentials) as one JSON line on stdin: nothing secret is ever written
+  into the container's configuration, where ``docker inspect`` shows it.
+
+The tag holds a digest of everything that goes in, so a changed recipe, a
+new repo2docker or a new docker CLI makes a new image, and an unchanged one
+is never rebuilt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import os
+import shutil
+import tarfile
+import weakref
+from collections.abc import Callable
+from importlib import metadata
+
+import aiodocker
+
+log = logging.getLogger(__name__)
+
+RECIPE_VERSION = "1"
+TAG_PREFIX = "tljh-repo2docker/builder"
+# repo2docker's Python inside the image
+PYTHON = "/opt/repo2docker/bin/python3"
+ENTRY = "/usr/local/bin/tljh-r2d-build"
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+# Reads the environment on stdin, then becomes the command it was given.
+ENTRY_SCRIPT = """\
+import json
+import os
+import sys
+
+line = sys.stdin.readline()
+extra = json.loads(line) if line.strip() else {}
+os.environ.update({str(k): str(v) for k, v in extra.items()})
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
+
+PLUGIN_DIRS = (
+    "{config}/cli-plugins",
+    "~/.docker/cli-plugins",
+    "/usr/local/lib/docker/cli-plugins",
+    "/usr/local/libexec/docker/cli-plugins",
+    "/usr/lib/docker/cli-plugins",
+    "/usr/libexec/docker/cli-plugins",
+)
+
+
+class BuilderImageError(RuntimeError):
+    """The builder image is missing and cannot be made; the message says why."""
+
+
+def repo2docker_version() -> str:
+    return metadata.version("jupyter-repo2docker")
+
+
+def find_docker_cli() -> str | None:
+    path = shutil.which("docker")
+    return os.path.realpath(path) if path else None
+
+
+def find_buildx() -> str | None:
+    """The buildx plugin the docker CLI on this host uses (its own search order)."""
+    config = os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker")
+    for pattern in PLUGIN_DIRS:
+        candidate = os.path.expanduser(pattern.format(config=config)) + "/docker-buildx"
+        if os.access(candidate, os.X_OK):
+            return os.path.realpath(candidate)
+    return None
+
+
+def dockerfile(base_image: str, r2d_version: str) -> str:
+    """The builder's Dockerfile (pure)."""
+    return f"""\
+FROM {base_image}
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \\
+ && apt-get install -y --no-install-recommends python3 python3-venv git ca-certificates \\
+    openssh-client \\
+ && rm -rf /var/lib/apt/lists/*
+COPY ca-bundle.crt {CA_BUNDLE}
+RUN python3 -m venv /opt/repo2docker \\
+ && PIP_CERT={CA_BUNDLE} /opt/repo2docker/bin/pip install --no-cache-dir \\
+    "jupyter-repo2docker=={r2d_version}"
+COPY docker /usr/local/bin/docker
+COPY docker-buildx /usr/local/lib/docker/cli-plugins/docker-buildx
+COPY entry.py {ENTRY}
+# a local repository an admin builds belongs to another uid than the builder's root
+RUN git config --system --add safe.directory '*' \\
+ && docker --version && docker buildx version && {PYTHON} -m repo2docker --version
+ENTRYPOINT ["{PYTHON}", "{ENTRY}"]
+LABEL tljh_repo2docker.builder="{RECIPE_VERSION}"
+"""
+
+
+def context_files(base_image: str) -> dict[str, bytes]:
+    """Everything the image is built from, by file name (reads this host)."""
+    docker_cli, buildx = find_docker_cli(), find_buildx()
+    if docker_cli is None:
+        raise BuilderImageError("no docker CLI on this host's PATH to put into the builder image")
+    if buildx is None:
+        raise BuilderImageError(
+            "no docker buildx plugin on this host (repo2docker needs it): install docker-buildx"
+        )
+    files = {"Dockerfile": dockerfile(base_image, repo2docker_version()).encode()}
+    files["entry.py"] = ENTRY_SCRIPT.encode()
+    with open(docker_cli, "rb") as f:
+        files["docker"] = f.read()
+    with open(buildx, "rb") as f:
+        files["docker-buildx"] = f.read()
+    try:
+        with open(CA_BUNDLE, "rb") as f:
+            files["ca-bundle.crt"] = f.read()
+    except OSError:
+        files["ca-bundle.crt"] = b""  # the image's own ca-certificates then
+    return files
+
+
+def image_tag(files: dict[str, bytes]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    return f"{TAG_PREFIX}:{repo2docker_version()}-{digest.hexdigest()[:12]}"
+
+
+def _tar(files: dict[str, bytes]) -> io.BytesIO:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o755 if name in ("docker", "docker-buildx") else 0o644
+            tar.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    return buffer
+
+
+# one per event loop (tests run several): two builds starting at once make one image
+_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+async def ensure(
+    docker: aiodocker.Docker,
+    base_image: str,
+    on_line: Callable[[str], None] | None = None,
+) -> str:
+    """The builder image's tag; built first if this engine lacks it."""
+    files = await asyncio.to_thread(context_files, base_image)
+    tag = image_tag(files)
+    async with _locks.setdefault(asyncio.get_running_loop(), asyncio.Lock()):
+        try:
+            await docker.images.inspect(tag)
+            return tag
+        except aiodocker.DockerError as e:
+            if e.status != 404:
+                raise
+        if on_line is not None:
+            on_line(f"Preparing the builder image {tag} (once, from {base_image})\n")
+        log.info("building the builder image %s from %s", tag, base_image)
+        last = []
+        try:
+            async for item in docker.images.build(
+                fileobj=_tar(files),
+                encoding="application/x-tar",
+                tag=tag,
+                forcerm=True,
+                stream=True,
+            ):
+                text = item.get("stream") or ""
+                if text.strip():
+                    last = (last + [text.rstrip()])[-20:]
+                if item.get("error"):
+                    raise BuilderImageError(
+                        f"the builder image could not be built: {item['error'].strip()}"
+                    )
+        except aiodocker.DockerError as e:
+            raise BuilderImageError(f"the builder image could not be built: {e.message}") from e
+        try:
+            await docker.images.inspect(tag)
+        except aiodocker.DockerError:
+            detail = "\n".join(last)
+            raise BuilderImageError(f"the builder image was not made:\n{detail}") from None
+        log.info("built the builder image %s", tag)
+        return tag

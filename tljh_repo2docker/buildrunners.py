@@ -1,0 +1,252 @@
+"""Where repo2docker runs: the build backend, a swappable piece (issue 12).
+
+- ``ProcessRunner``: a child process of the environments service (one host;
+  a leftover of a killed service is found through ``/proc`` by its pid).
+- ``ContainerRunner``: a container of the builder image (``builderimage``),
+  labelled with the hub and the build id. Cancel, shutdown and the clean-up
+  after a killed service go through the Docker API by those labels: no
+  process table, no pid, and nothing tied to the host the service runs on.
+
+Both take the same repo2docker argv and stream its log lines the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+from collections.abc import Callable, Iterable
+from urllib.parse import unquote, urlsplit
+
+import aiodocker
+
+from . import builderimage, runner
+from .runner import LogLine, parse_log_line
+
+log = logging.getLogger(__name__)
+
+BUILD_OF = "tljh_repo2docker.build_of"  # the hub's name
+BUILD_ID = "tljh_repo2docker.build_id"
+# what a builder may take from the service's environment; the rest (tokens of
+# the hub API, the service's own settings) never reaches it
+_PASSED_ENV = re.compile(r"^(GIT_|SSH_|HTTPS?_PROXY$|NO_PROXY$|https?_proxy$|no_proxy$)")
+
+
+class ProcessRunner:
+    """repo2docker as a child process (the single-host default)."""
+
+    kind = "process"
+
+    async def run(
+        self,
+        argv: list[str],
+        on_line: Callable[[LogLine], None],
+        *,
+        env: dict[str, str] | None = None,
+        job: str = "",
+        files: Iterable[str] = (),
+        on_spawn: Callable[[int], None] | None = None,
+    ) -> int:
+        return await runner.run_logged(argv, on_line, env=env, on_spawn=on_spawn)
+
+    async def reap(self, pids: dict[str, int]) -> int:
+        """Kill repo2docker processes a previous service left (by build id)."""
+        killed = 0
+        for job, pid in pids.items():
+            if pid and _is_repo2docker(pid):
+                log.warning("killing repo2docker (pid %s) of build %s", pid, job)
+                runner.kill_group(pid, signal.SIGKILL)
+                killed += 1
+        return killed
+
+
+def _is_repo2docker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"repo2docker" in f.read()
+    except OSError:
+        return False
+
+
+def local_paths(repo: str, files: Iterable[str]) -> list[str]:
+    """Host paths a build reads besides the network: config files and a
+    ``file://`` repository (pure). Mounted read-only at the same path."""
+    paths = [os.path.abspath(p) for p in files if p]
+    if repo.lower().startswith("file:"):
+        path = unquote(urlsplit(repo).path)
+        if path:
+            paths.append(os.path.abspath(path))
+    seen, result = set(), []
+    for path in paths:
+        if path not in seen:
+            seen.add(path)
+            result.append(path)
+    return result
+
+
+def builder_env(env: dict[str, str] | None) -> dict[str, str]:
+    """The part of a build's environment the builder gets (pure)."""
+    return {k: v for k, v in (env or {}).items() if _PASSED_ENV.match(k)}
+
+
+def container_name(hub: str, job: str) -> str:
+    safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", f"{hub}-{job}")[:200]
+    return f"tljh-r2d-build-{safe}"
+
+
+class _Lines:
+    """Splits the attached stream's chunks into lines."""
+
+    def __init__(self, on_line: Callable[[LogLine], None], limit: int = 1024 * 1024):
+        self.on_line, self.limit, self.buffer = on_line, limit, b""
+
+    def feed(self, data: bytes):
+        self.buffer += data
+        while b"\n" in self.buffer:
+            raw, self.buffer = self.buffer.split(b"\n", 1)
+            self.on_line(parse_log_line(raw.decode(errors="replace")))
+        if len(self.buffer) > self.limit:
+            self.buffer = b""
+            self.on_line(LogLine("building", "(log line too long, cut)\n"))
+
+    def close(self):
+        if self.buffer:
+            self.on_line(parse_log_line(self.buffer.decode(errors="replace")))
+            self.buffer = b""
+
+
+class ContainerRunner:
+    """repo2docker in a labelled container of the builder image."""
+
+    kind = "container"
+
+    def __init__(
+        self,
+        docker: aiodocker.Docker,
+        hub: str,
+        base_image: str,
+        *,
+        socket: str = "/var/run/docker.sock",
+        grace: float = 5.0,
+    ):
+        self.docker, self.hub, self.base_image = docker, hub, base_image
+        self.grace = grace
+        # the engine the service talks to is the one the builder talks to
+        host = os.environ.get("DOCKER_HOST", "")
+        self.socket = host[len("unix://") :] if host.startswith("unix://") else socket
+
+    async def image(self, on_line: Callable[[LogLine], None] | None = None) -> str:
+        say = (lambda text: on_line(LogLine("building", text))) if on_line else None
+        return await builderimage.ensure(self.docker, self.base_image, say)
+
+    async def run(
+        self,
+        argv: list[str],
+        on_line: Callable[[LogLine], None],
+        *,
+        env: dict[str, str] | None = None,
+        job: str = "",
+        files: Iterable[str] = (),
+        on_spawn: Callable[[int], None] | None = None,
+    ) -> int:
+        try:
+            image = await self.image(on_line)
+        except builderimage.BuilderImageError as e:
+            on_line(LogLine("failed", f"{e}\n"))
+            return 125
+        repo = argv[argv.index("--") + 1] if "--" in argv else ""
+        binds = [f"{self.socket}:/var/run/docker.sock"]
+        binds += [f"{p}:{p}:ro" for p in local_paths(repo, files)]
+        name = container_name(self.hub, job)
+        await self._remove(name)  # a leftover of a killed service, under this name
+        config = {
+            "Image": image,
+            # the service's Python is not the builder's
+            "Cmd": [builderimage.PYTHON, *argv[1:]],
+            "Labels": {BUILD_OF: self.hub, BUILD_ID: job},
+            "OpenStdin": True,
+            "StdinOnce": True,
+            "AttachStdin": True,
+            "AttachStdout": True,
+            "AttachStderr": True,
+            "Tty": False,
+            "HostConfig": {
+                # the same network as the service: git is pinned to the
+                # addresses the network rules checked, from this host
+                "NetworkMode": "host",
+                "Binds": binds,
+                "Init": True,
+            },
+        }
+        container = await self.docker.containers.create(config, name=name)
+        on_line(LogLine("building", f"Running repo2docker in the builder container {name}\n"))
+        try:
+            output = container.attach(stdout=True, stderr=True)
+            feed = asyncio.ensure_future(self._follow(output, on_line))
+            try:
+                await container.start()
+                # credentials and git settings on stdin: never in the
+                # container's configuration, which docker inspect shows
+                async with container.attach(stdin=True) as stdin:
+                    await stdin.write_in(json.dumps(builder_env(env)).encode() + b"\n")
+                result = await container.wait()
+                await feed
+            finally:
+                if not feed.done():
+                    feed.cancel()
+                    with contextlib.suppress(BaseException):
+                        await feed
+                await output.close()
+            return int(result.get("StatusCode", 1))
+        except BaseException:
+            # cancelled (or the stream broke): never leave the build running
+            with contextlib.suppress(aiodocker.DockerError):
+                await asyncio.shield(container.stop(t=int(self.grace)))
+            raise
+        finally:
+            await asyncio.shield(self._remove(name))
+
+    async def _follow(self, stream, on_line: Callable[[LogLine], None]):
+        lines = _Lines(on_line)
+        while True:
+            message = await stream.read_out()
+            if message is None:
+                break
+            lines.feed(message.data)
+        lines.close()
+
+    async def _remove(self, name: str):
+        try:
+            await self.docker.containers.container(name).delete(force=True)
+        except aiodocker.DockerError as e:
+            if e.status not in (404, 409):  # gone, or being removed already
+                log.warning("could not remove build container %s: %s", name, e)
+
+    async def leftovers(self) -> list[dict]:
+        """This hub's build containers, running or not."""
+        return await self.docker.containers.list(
+            all=True, filters=json.dumps({"label": [f"{BUILD_OF}={self.hub}"]})
+        )
+
+    async def reap(self, pids: dict[str, int] | None = None) -> int:
+        """Remove the service's build containers of this hub: at the
+        service's start, every one is a previous process's (found through
+        the engine, whichever host or process started them). The command
+        line's builds (``cli-...``) are not the service's: left alone."""
+        removed = 0
+        for item in await self.leftovers():
+            if not item._container.get("Labels", {}).get(BUILD_ID, "").isdigit():
+                continue
+            names = item._container.get("Names") or [item.id]
+            log.warning("removing build container %s of a previous process", names[0])
+            try:
+                await item.delete(force=True)
+                removed += 1
+            except aiodocker.DockerError as e:
+                if e.status != 404:
+                    log.warning("could not remove build container %s: %s", names[0], e)
+        return removed
