@@ -16,7 +16,7 @@ import secrets
 import aiodocker
 import pytest
 
-from tljh_repo2docker import buildrunners, labels
+from tljh_repo2docker import builderimage, buildrunners, labels
 from tljh_repo2docker.builder import BuildSettings
 from tljh_repo2docker.catalogue import Catalogue
 from tljh_repo2docker.runner import LogLine
@@ -325,3 +325,21 @@ def test_the_backend_follows_the_setting_and_the_registry():
     assert BuildSettings(build_backend="container").build_runner(None).kind == "container"
     process = BuildSettings(registry="127.0.0.1:5000", build_backend="process")
     assert process.build_runner(None).kind == "process"
+
+
+def test_the_builder_image_is_made_once_and_then_only_looked_up(docker_ready, monkeypatch):
+    reads = []
+    real = builderimage.context_files
+    monkeypatch.setattr(
+        builderimage, "context_files", lambda base: reads.append(base) or real(base)
+    )
+    monkeypatch.setattr(builderimage, "_tags", {})
+
+    async def twice():
+        async with aiodocker.Docker() as client:
+            return [await builderimage.ensure(client, BASE_IMAGE) for _ in range(2)]
+
+    first, second = asyncio.run(twice())
+    assert first == second
+    assert docker("images", "-q", first) != ""
+    assert reads == [BASE_IMAGE], "the host's binaries are read once, not per build"

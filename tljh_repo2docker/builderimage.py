@@ -114,8 +114,7 @@ LABEL tljh_repo2docker.builder="{RECIPE_VERSION}"
 """
 
 
-def context_files(base_image: str) -> dict[str, bytes]:
-    """Everything the image is built from, by file name (reads this host)."""
+def _host_binaries() -> tuple[str, str]:
     docker_cli, buildx = find_docker_cli(), find_buildx()
     if docker_cli is None:
         raise BuilderImageError("no docker CLI on this host's PATH to put into the builder image")
@@ -123,6 +122,25 @@ def context_files(base_image: str) -> dict[str, bytes]:
         raise BuilderImageError(
             "no docker buildx plugin on this host (repo2docker needs it): install docker-buildx"
         )
+    return docker_cli, buildx
+
+
+def inputs_key(base_image: str) -> tuple:
+    """What the image depends on, cheaply (paths, sizes, change times): the
+    tag is computed again only when one of these changes."""
+    key: list = [base_image, repo2docker_version(), RECIPE_VERSION]
+    for path in (*_host_binaries(), CA_BUNDLE):
+        try:
+            st = os.stat(path)
+            key.append((path, st.st_size, st.st_mtime_ns))
+        except OSError:
+            key.append((path, None))
+    return tuple(key)
+
+
+def context_files(base_image: str) -> dict[str, bytes]:
+    """Everything the image is built from, by file name (reads this host)."""
+    docker_cli, buildx = _host_binaries()
     files = {"Dockerfile": dockerfile(base_image, repo2docker_version()).encode()}
     files["entry.py"] = ENTRY_SCRIPT.encode()
     with open(docker_cli, "rb") as f:
@@ -156,6 +174,7 @@ def _tar(files: dict[str, bytes]) -> io.BytesIO:
     return buffer
 
 
+_tags: dict[tuple, str] = {}
 # one per event loop (tests run several): two builds starting at once make one image
 _locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -166,8 +185,12 @@ async def ensure(
     on_line: Callable[[str], None] | None = None,
 ) -> str:
     """The builder image's tag; built first if this engine lacks it."""
-    files = await asyncio.to_thread(context_files, base_image)
-    tag = image_tag(files)
+    key = await asyncio.to_thread(inputs_key, base_image)
+    tag = _tags.get(key)
+    files = None
+    if tag is None:  # hashing ~100 MB of binaries: once per change, not per build
+        files = await asyncio.to_thread(context_files, base_image)
+        tag = _tags[key] = image_tag(files)
     async with _locks.setdefault(asyncio.get_running_loop(), asyncio.Lock()):
         try:
             await docker.images.inspect(tag)
@@ -175,6 +198,8 @@ async def ensure(
         except aiodocker.DockerError as e:
             if e.status != 404:
                 raise
+        if files is None:
+            files = await asyncio.to_thread(context_files, base_image)
         if on_line is not None:
             on_line(f"Preparing the builder image {tag} (once, from {base_image})\n")
         log.info("building the builder image %s from %s", tag, base_image)

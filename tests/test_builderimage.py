@@ -1,0 +1,64 @@
+"""The builder image's recipe and tag (pure parts; the image itself is built
+and used for real in tests/test_build_containers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tljh_repo2docker import builderimage
+
+
+def test_the_recipe_pins_this_services_repo2docker_on_the_chosen_base():
+    text = builderimage.dockerfile("ubuntu:24.04", "2026.4.0")
+    assert text.startswith("FROM ubuntu:24.04\n")
+    assert '"jupyter-repo2docker==2026.4.0"' in text
+    # the image proves it can build before it is tagged
+    assert "docker buildx version" in text and "-m repo2docker --version" in text
+    assert text.rstrip().splitlines()[-2].startswith("ENTRYPOINT")
+
+
+def test_the_tag_follows_every_input():
+    files = {"Dockerfile": b"FROM x\n", "docker": b"cli-1", "docker-buildx": b"bx"}
+    tag = builderimage.image_tag(files)
+    assert tag.startswith(f"{builderimage.TAG_PREFIX}:{builderimage.repo2docker_version()}-")
+    assert builderimage.image_tag(dict(files)) == tag
+    assert builderimage.image_tag({**files, "docker": b"cli-2"}) != tag
+    # a byte moved from one file to the next is another image
+    assert builderimage.image_tag({**files, "docker": b"cli-1b", "docker-buildx": b"x"}) != tag
+
+
+def test_no_buildx_on_the_host_is_a_reason(monkeypatch):
+    monkeypatch.setattr(builderimage, "find_buildx", lambda: None)
+    with pytest.raises(builderimage.BuilderImageError, match="buildx"):
+        builderimage.context_files("debian:bookworm-slim")
+
+
+def test_the_entry_takes_its_environment_from_stdin_and_runs_the_command(tmp_path):
+    entry = tmp_path / "entry.py"
+    entry.write_text(builderimage.ENTRY_SCRIPT)
+
+    async def run():
+        proc = await asyncio.create_subprocess_exec(
+            "python3", str(entry), "sh", "-c", 'printf "%s" "$SECRET_FOR_GIT"',
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await proc.communicate(b'{"SECRET_FOR_GIT": "s3cret"}\n')
+        return out.decode()
+
+    assert asyncio.run(run()) == "s3cret"
+
+
+def test_the_host_binaries_are_hashed_once_per_change(monkeypatch, tmp_path):
+    cli, buildx = tmp_path / "docker", tmp_path / "docker-buildx"
+    cli.write_bytes(b"a")
+    buildx.write_bytes(b"b")
+    monkeypatch.setattr(builderimage, "find_docker_cli", lambda: str(cli))
+    monkeypatch.setattr(builderimage, "find_buildx", lambda: str(buildx))
+    first = builderimage.inputs_key("base")
+    assert builderimage.inputs_key("base") == first
+    cli.write_bytes(b"a newer docker CLI")
+    assert builderimage.inputs_key("base") != first
+    assert builderimage.inputs_key("other-base") != builderimage.inputs_key("base")
