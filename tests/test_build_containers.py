@@ -159,7 +159,9 @@ def test_a_build_runs_in_a_labelled_builder_container_that_is_gone_after(
             assert "repo2docker" in " ".join(config["Cmd"])
             assert seen[0]["HostConfig"]["NetworkMode"] == "host"
             # the local repository is readable in the builder, and only read
-            assert f"{repo}:{repo}:ro" in seen[0]["HostConfig"]["Binds"]
+            mounts = {m["Target"]: m for m in seen[0]["HostConfig"]["Mounts"]}
+            assert mounts[str(repo)]["Source"] == str(repo) and mounts[str(repo)]["ReadOnly"]
+            assert set(mounts) == {str(repo), "/var/run/docker.sock"}, "nothing else"
             image = json.loads(docker("inspect", done.image))[0]
             assert image["Config"]["Labels"][labels.HUB] == hub
             assert image["Config"]["Labels"][labels.COMMIT] == done.commit
@@ -312,11 +314,38 @@ def test_only_git_and_proxy_settings_reach_the_builder():
     }
 
 
-def test_local_paths_are_the_config_files_and_a_file_repository():
-    assert buildrunners.local_paths(
-        "file:///srv/repos/my%20env", ["/etc/r2d/a.py", "", "/etc/r2d/a.py"]
-    ) == ["/etc/r2d/a.py", "/srv/repos/my env"]
-    assert buildrunners.local_paths("https://example.org/r.git", []) == []
+def test_only_a_file_repository_is_mounted():
+    assert buildrunners.repo_path("file:///srv/repos/my%20env") == "/srv/repos/my env"
+    assert buildrunners.repo_path("FILE:///srv/r/../r2") == "/srv/r2"
+    assert buildrunners.repo_path("https://example.org/r.git") == ""
+
+
+def test_config_files_reach_the_builder_by_content_not_by_mount(docker_ready, hub, tmp_path):
+    """The service may see another /tmp than the engine (TLJH's systemd unit):
+    a config file is sent, and written at the same path in the builder."""
+    config = tmp_path / "private-tmp" / "r2d-config.py"
+    config.parent.mkdir()
+    config.write_text("c.Repo2Docker.content_providers = []  # sent\n")
+    probe = f"print(open({str(config)!r}).read().strip())"
+
+    async def scenario():
+        async with aiodocker.Docker() as client:
+            runner = buildrunners.ContainerRunner(client, hub, BASE_IMAGE)
+            lines: list[LogLine] = []
+            code = await runner.run(
+                ["python", "-c", probe], lines.append, job="config", files=[str(config)]
+            )
+            missing: list[LogLine] = []
+            code_missing = await runner.run(
+                ["python", "-c", "1"], missing.append, job="nofile", files=[str(config) + "x"]
+            )
+            return code, lines, code_missing, missing
+
+    code, lines, code_missing, missing = asyncio.run(scenario())
+    assert code == 0
+    assert lines[-1].message == "c.Repo2Docker.content_providers = []  # sent\n"
+    assert code_missing != 0 and "cannot read a repo2docker config file" in missing[-1].message
+    assert build_containers(hub) == []
 
 
 def test_the_backend_follows_the_setting_and_the_registry():
@@ -343,3 +372,34 @@ def test_the_builder_image_is_made_once_and_then_only_looked_up(docker_ready, mo
     assert first == second
     assert docker("images", "-q", first) != ""
     assert reads == [BASE_IMAGE], "the host's binaries are read once, not per build"
+
+
+def test_an_admins_ready_made_builder_image_is_used_as_it_is(docker_ready, hub, monkeypatch):
+    """``builder_image``: nothing is made; a missing one fails the build
+    with the setting's name, never a traceback."""
+
+    async def scenario():
+        async with aiodocker.Docker() as client:
+            made = await builderimage.ensure(client, BASE_IMAGE)
+            monkeypatch.setattr(builderimage, "ensure", None)  # must not be called
+            lines: list[LogLine] = []
+            given = BuildSettings(hub_name=hub, build_backend="container", builder_image=made)
+            code = await given.build_runner(client).run(
+                ["python", "-c", "print('ran')"], lines.append, job="given"
+            )
+            missing = BuildSettings(
+                hub_name=hub, build_backend="container", builder_image="no-such/builder:1"
+            )
+            failed: list[LogLine] = []
+            code_missing = await missing.build_runner(client).run(
+                ["python", "-c", "print('ran')"], failed.append, job="missing"
+            )
+        return code, lines, code_missing, failed
+
+    code, lines, code_missing, failed = asyncio.run(scenario())
+    assert code == 0 and [line.message for line in lines][-1] == "ran\n"
+    assert code_missing != 0
+    assert "no-such/builder:1 (repo2docker.builder_image) is not on this Docker engine" in (
+        failed[-1].message
+    )
+    assert build_containers(hub) == []

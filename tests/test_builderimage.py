@@ -4,6 +4,7 @@ and used for real in tests/test_build_containers.py)."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -35,7 +36,7 @@ def test_no_buildx_on_the_host_is_a_reason(monkeypatch):
         builderimage.context_files("debian:bookworm-slim")
 
 
-def test_the_entry_takes_its_environment_from_stdin_and_runs_the_command(tmp_path):
+def test_the_entry_takes_its_environment_and_files_from_stdin_and_runs_the_command(tmp_path):
     entry = tmp_path / "entry.py"
     entry.write_text(builderimage.ENTRY_SCRIPT)
 
@@ -45,10 +46,13 @@ def test_the_entry_takes_its_environment_from_stdin_and_runs_the_command(tmp_pat
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        out, _ = await proc.communicate(b'{"SECRET_FOR_GIT": "s3cret"}\n')
+        job = {"env": {"SECRET_FOR_GIT": "s3cret"}, "files": {str(written): "c = 1\n"}}
+        out, _ = await proc.communicate(json.dumps(job).encode() + b"\n")
         return out.decode()
 
+    written = tmp_path / "made" / "config.py"
     assert asyncio.run(run()) == "s3cret"
+    assert written.read_text() == "c = 1\n"
 
 
 def test_the_host_binaries_are_hashed_once_per_change(monkeypatch, tmp_path):

@@ -198,6 +198,12 @@ class BuildSettings(Configurable):
         help="Debian or Ubuntu image the builder image is made from (apt's python3 and git, "
         "pip's repo2docker, this host's docker CLI and buildx plugin); container backend only.",
     ).tag(config=True)
+    builder_image = Unicode(
+        "",
+        help="A builder image to use as it is instead of making one from builder_base_image "
+        "(e.g. one made on another machine and loaded with docker load, for a server without "
+        "internet access); it must be on the engine. Container backend only.",
+    ).tag(config=True)
 
     @default("image_prefix")
     def _default_image_prefix(self):
@@ -270,7 +276,9 @@ class BuildSettings(Configurable):
 
         if not self.uses_build_containers():
             return buildrunners.ProcessRunner()
-        return buildrunners.ContainerRunner(docker, self.hub_name, self.builder_base_image)
+        return buildrunners.ContainerRunner(
+            docker, self.hub_name, self.builder_base_image, image=self.builder_image
+        )
 
     def net_guard(self) -> netguard.NetGuard:
         """The network rules every fetch of a repository goes through."""

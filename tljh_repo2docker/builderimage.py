@@ -13,8 +13,9 @@ process can only be found through ``/proc`` of the host that started it
   ``docker buildx build``), which talk to the engine through its socket;
 - this host's CA bundle, so the builder trusts what the host trusts;
 - a small entry script that reads the build's environment (git settings,
-  credentials) as one JSON line on stdin: nothing secret is ever written
-  into the container's configuration, where ``docker inspect`` shows it.
+  credentials) and its repo2docker config files as one JSON line on stdin:
+  nothing secret is ever written into the container's configuration, where
+  ``docker inspect`` shows it.
 
 The tag holds a digest of everything that goes in, so a changed recipe, a
 new repo2docker or a new docker CLI makes a new image, and an unchanged one
@@ -45,15 +46,23 @@ PYTHON = "/opt/repo2docker/bin/python3"
 ENTRY = "/usr/local/bin/tljh-r2d-build"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
-# Reads the environment on stdin, then becomes the command it was given.
+# Reads the build's environment and its repo2docker config files (one JSON
+# line on stdin), writes the files where the command names them, then
+# becomes the command it was given. The files come this way, not as bind
+# mounts: the service may see another /tmp than the engine (systemd's
+# PrivateTmp), and a missing bind source would silently become a folder.
 ENTRY_SCRIPT = """\
 import json
 import os
 import sys
 
 line = sys.stdin.readline()
-extra = json.loads(line) if line.strip() else {}
-os.environ.update({str(k): str(v) for k, v in extra.items()})
+job = json.loads(line) if line.strip() else {}
+for path, text in job.get("files", {}).items():
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+os.environ.update({str(k): str(v) for k, v in job.get("env", {}).items()})
 os.execvp(sys.argv[1], sys.argv[1:])
 """
 

@@ -329,7 +329,7 @@ async def run_build(
                 on_line,
                 env=env,
                 job=job,
-                # read by repo2docker in a builder container: mounted there
+                # read by repo2docker: a builder container is sent them
                 files=[*(config_files or []), *settings.repo2docker_config],
                 on_spawn=on_spawn,
             )

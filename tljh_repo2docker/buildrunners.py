@@ -72,20 +72,25 @@ def _is_repo2docker(pid: int) -> bool:
         return False
 
 
-def local_paths(repo: str, files: Iterable[str]) -> list[str]:
-    """Host paths a build reads besides the network: config files and a
-    ``file://`` repository (pure). Mounted read-only at the same path."""
-    paths = [os.path.abspath(p) for p in files if p]
-    if repo.lower().startswith("file:"):
-        path = unquote(urlsplit(repo).path)
+def repo_path(repo: str) -> str:
+    """The host folder of a ``file://`` repository ('' for a network one),
+    mounted read-only at the same path in the builder (pure)."""
+    if not repo.lower().startswith("file:"):
+        return ""
+    path = unquote(urlsplit(repo).path)
+    return os.path.abspath(path) if path else ""
+
+
+def config_files(files: Iterable[str]) -> dict[str, str]:
+    """The repo2docker config files a build names, read by the service
+    (which may see another /tmp than the engine) for the builder: by path."""
+    contents = {}
+    for path in files:
         if path:
-            paths.append(os.path.abspath(path))
-    seen, result = set(), []
-    for path in paths:
-        if path not in seen:
-            seen.add(path)
-            result.append(path)
-    return result
+            path = os.path.abspath(path)
+            with open(path, encoding="utf-8") as f:
+                contents[path] = f.read()
+    return contents
 
 
 def builder_env(env: dict[str, str] | None) -> dict[str, str]:
@@ -132,14 +137,27 @@ class ContainerRunner:
         *,
         socket: str = "/var/run/docker.sock",
         grace: float = 5.0,
+        image: str = "",
     ):
         self.docker, self.hub, self.base_image = docker, hub, base_image
+        self.fixed_image = image  # an admin's ready-made builder image
         self.grace = grace
         # the engine the service talks to is the one the builder talks to
         host = os.environ.get("DOCKER_HOST", "")
         self.socket = host[len("unix://") :] if host.startswith("unix://") else socket
 
     async def image(self, on_line: Callable[[LogLine], None] | None = None) -> str:
+        if self.fixed_image:
+            try:
+                await self.docker.images.inspect(self.fixed_image)
+            except aiodocker.DockerError as e:
+                if e.status != 404:
+                    raise
+                raise builderimage.BuilderImageError(
+                    f"the builder image {self.fixed_image} (repo2docker.builder_image) is not "
+                    "on this Docker engine"
+                ) from None
+            return self.fixed_image
         say = (lambda text: on_line(LogLine("building", text))) if on_line else None
         return await builderimage.ensure(self.docker, self.base_image, say)
 
@@ -158,9 +176,16 @@ class ContainerRunner:
         except builderimage.BuilderImageError as e:
             on_line(LogLine("failed", f"{e}\n"))
             return 125
-        repo = argv[argv.index("--") + 1] if "--" in argv else ""
-        binds = [f"{self.socket}:/var/run/docker.sock"]
-        binds += [f"{p}:{p}:ro" for p in local_paths(repo, files)]
+        try:
+            payload = {"env": builder_env(env), "files": config_files(files)}
+        except OSError as e:
+            on_line(LogLine("failed", f"cannot read a repo2docker config file: {e}\n"))
+            return 125
+        repo = repo_path(argv[argv.index("--") + 1] if "--" in argv else "")
+        mounts = [{"Type": "bind", "Source": self.socket, "Target": "/var/run/docker.sock"}]
+        if repo:
+            # a Mount, not a Bind: a missing folder is an error, never created
+            mounts.append({"Type": "bind", "Source": repo, "Target": repo, "ReadOnly": True})
         name = container_name(self.hub, job)
         await self._remove(name)  # a leftover of a killed service, under this name
         config = {
@@ -178,29 +203,33 @@ class ContainerRunner:
                 # the same network as the service: git is pinned to the
                 # addresses the network rules checked, from this host
                 "NetworkMode": "host",
-                "Binds": binds,
+                "Mounts": mounts,
                 "Init": True,
             },
         }
-        container = await self.docker.containers.create(config, name=name)
+        try:
+            container = await self.docker.containers.create(config, name=name)
+        except aiodocker.DockerError as e:  # e.g. the repository's folder is gone
+            on_line(LogLine("failed", f"the builder container could not be made: {e.message}\n"))
+            return 125
         on_line(LogLine("building", f"Running repo2docker in the builder container {name}\n"))
         try:
-            output = container.attach(stdout=True, stderr=True)
-            feed = asyncio.ensure_future(self._follow(output, on_line))
-            try:
-                await container.start()
-                # credentials and git settings on stdin: never in the
-                # container's configuration, which docker inspect shows
-                async with container.attach(stdin=True) as stdin:
-                    await stdin.write_in(json.dumps(builder_env(env)).encode() + b"\n")
-                result = await container.wait()
-                await feed
-            finally:
-                if not feed.done():
-                    feed.cancel()
-                    with contextlib.suppress(BaseException):
-                        await feed
-                await output.close()
+            # attached before the start, as docker run does: no line is missed
+            async with container.attach(stdout=True, stderr=True) as output:
+                feed = asyncio.ensure_future(self._follow(output, on_line))
+                try:
+                    await container.start()
+                    # credentials and git settings on stdin: never in the
+                    # container's configuration, which docker inspect shows
+                    async with container.attach(stdin=True) as stdin:
+                        await stdin.write_in(json.dumps(payload).encode() + b"\n")
+                    result = await container.wait()
+                    await feed
+                finally:
+                    if not feed.done():
+                        feed.cancel()
+                        with contextlib.suppress(BaseException):
+                            await feed
             return int(result.get("StatusCode", 1))
         except BaseException:
             # cancelled (or the stream broke): never leave the build running

@@ -61,6 +61,7 @@ KEYS = {
     "launch_home_access": ("BuildSettings", "launch_home_access"),
     "build_backend": ("BuildSettings", "build_backend"),
     "builder_base_image": ("BuildSettings", "builder_base_image"),
+    "builder_image": ("BuildSettings", "builder_image"),
     "server_pids_limit": ("Repo2DockerSpawner", "pids_limit"),
     "server_mem_limit": ("Repo2DockerSpawner", "default_mem_limit"),
     "max_concurrent_starts": ("Repo2DockerSpawner", "max_concurrent_starts"),

@@ -37,6 +37,7 @@ The tests share the box and run in file order: each builds on the last.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -48,8 +49,11 @@ from html import unescape
 from pathlib import Path
 from urllib.parse import quote, urljoin, urlparse
 
+import aiodocker
 import pytest
 import requests
+
+from tljh_repo2docker import builderimage
 
 from . import box as boxes
 
@@ -462,6 +466,59 @@ def test_build_with_sudo_as_the_readme_writes_it(tljh):
         assert r.status_code == 200, r.text
         names = [e["name"] for e in r.json()["environments"]]
         assert CLI_ENV in names and ENV in names, names
+
+
+def test_a_build_runs_in_a_builder_container_when_the_admin_switches_it_on(tljh):
+    """The container build backend on a real TLJH server: tljh-config sets it,
+    and the service (under systemd, in TLJH's hub venv) builds in a labelled
+    container of the builder image on the box's engine. The box's containers
+    have no DNS (nothing leaves this machine), so they cannot apt or pip the
+    builder image together: it is made on the host and loaded, as an admin of
+    a server without internet would (``repo2docker.builder_image``). Making
+    it from a base is tested on the host (tests/test_build_containers.py).
+    Set back afterwards: the later checks use the default."""
+
+    async def make_builder() -> str:
+        async with aiodocker.Docker() as client:
+            return await builderimage.ensure(client, boxes.BASE_IMAGE)
+
+    with Phase("builder image: made on the host, loaded into the box"):
+        builder = asyncio.run(make_builder())
+        tljh.box.load_image(builder)
+    keys = {"repo2docker.build_backend": "container", "repo2docker.builder_image": builder}
+    with Phase("check: build in a builder container"):
+        for key, value in keys.items():
+            tljh.box.exec(["tljh-config", "set", key, value])
+        tljh.reload_hub()
+        try:
+            r = tljh.request(
+                "POST",
+                API + "/environments",
+                tljh.admin_token,
+                json={"name": "boxed", "repo": REPO_URL, "ref": "main"},
+            )
+            assert r.status_code == 201, r.text
+            try:
+                env = tljh.wait_built("boxed", timeout=600)
+            finally:
+                builds = tljh.request("GET", f"{API}/environments/boxed/builds", tljh.admin_token)
+                build = builds.json()["builds"][0]
+                log = tljh.request(
+                    "GET", f"{API}/environments/boxed/builds/{build['id']}/log", tljh.admin_token
+                )
+                print(log.text[-5000:])
+            assert "in the builder container tljh-r2d-build-" in log.text, log.text[-3000:]
+            images = tljh.box.exec(["docker", "images", "--format", "{{.Repository}}"]).stdout
+            assert "tljh-repo2docker/builder" in images.split(), images
+            left = tljh.box.exec(
+                ["docker", "ps", "-aq", "--filter", "label=tljh_repo2docker.build_of"]
+            ).stdout
+            assert left.strip() == "", "the builder container is removed after the build"
+            assert env["commit"]
+        finally:
+            for key in keys:
+                tljh.box.exec(["tljh-config", "unset", key])
+            tljh.reload_hub()
 
 
 # -- 4. tljh-config ---------------------------------------------------------------------
