@@ -66,3 +66,33 @@ def test_the_host_binaries_are_hashed_once_per_change(monkeypatch, tmp_path):
     cli.write_bytes(b"a newer docker CLI")
     assert builderimage.inputs_key("base") != first
     assert builderimage.inputs_key("other-base") != builderimage.inputs_key("base")
+
+
+def test_the_entry_passes_a_stop_on_to_the_build_and_returns_its_code(tmp_path):
+    """docker stop sends SIGTERM to the entry (PID 1 in the builder): the
+    command's whole process group gets it, and the exit code is the command's."""
+    entry = tmp_path / "entry.py"
+    entry.write_text(builderimage.ENTRY_SCRIPT)
+    command = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: (print('stopping', flush=True), sys.exit(3)))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+
+    async def run():
+        proc = await asyncio.create_subprocess_exec(
+            "python3", str(entry), "python3", "-c", command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        proc.stdin.write(b"{}\n")
+        await proc.stdin.drain()
+        assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"ready\n"
+        proc.terminate()
+        rest = await asyncio.wait_for(proc.stdout.read(), 30)
+        return rest, await proc.wait()
+
+    rest, code = asyncio.run(run())
+    assert rest == b"stopping\n"
+    assert code == 3

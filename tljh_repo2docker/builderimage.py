@@ -47,13 +47,18 @@ ENTRY = "/usr/local/bin/tljh-r2d-build"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 # Reads the build's environment and its repo2docker config files (one JSON
-# line on stdin), writes the files where the command names them, then
-# becomes the command it was given. The files come this way, not as bind
-# mounts: the service may see another /tmp than the engine (systemd's
-# PrivateTmp), and a missing bind source would silently become a folder.
+# line on stdin), writes the files where the command names them, then runs
+# the command it was given. The files come this way, not as bind mounts: the
+# service may see another /tmp than the engine (systemd's PrivateTmp), and a
+# missing bind source would silently become a folder. It stays PID 1 and
+# passes a stop's SIGTERM on to the command's process group: a PID 1 without
+# a handler ignores SIGTERM, and Docker's own init (--init) is not on every
+# distribution's engine.
 ENTRY_SCRIPT = """\
 import json
 import os
+import signal
+import subprocess
 import sys
 
 line = sys.stdin.readline()
@@ -63,7 +68,20 @@ for path, text in job.get("files", {}).items():
     with open(path, "w") as f:
         f.write(text)
 os.environ.update({str(k): str(v) for k, v in job.get("env", {}).items()})
-os.execvp(sys.argv[1], sys.argv[1:])
+child = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def forward(signum, frame):
+    try:
+        os.killpg(child.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+for signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(signum, forward)
+code = child.wait()
+sys.exit(128 - code if code < 0 else code)
 """
 
 PLUGIN_DIRS = (

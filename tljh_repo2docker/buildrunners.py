@@ -204,7 +204,6 @@ class ContainerRunner:
                 # addresses the network rules checked, from this host
                 "NetworkMode": "host",
                 "Mounts": mounts,
-                "Init": True,
             },
         }
         try:
