@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import subprocess
+import sys
+import time
 
 import aiodocker
 import pytest
@@ -25,6 +29,7 @@ from tljh_repo2docker.service.buildlog import BuildLog
 from tljh_repo2docker.service.builds import BuildManager, Credentials
 
 from .dockerfixtures import commit_change, docker, make_git_repo, remove_hub_objects
+from .hubprocess import OFFLINE_R2D_CONFIG
 from .swarm.cluster import BASE_IMAGE
 
 pytestmark = pytest.mark.docker
@@ -403,3 +408,46 @@ def test_an_admins_ready_made_builder_image_is_used_as_it_is(docker_ready, hub, 
         failed[-1].message
     )
     assert build_containers(hub) == []
+
+
+def test_a_stopped_command_line_build_takes_its_builder_container_with_it(
+    docker_ready, tmp_path, hub, repo
+):
+    """``tljh-repo2docker build`` stopped with SIGTERM (a timeout, systemd)
+    ends like Ctrl-C: its builder container is removed, nothing is built."""
+    commit_change(repo, "RUN sleep 302")
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(
+        "repo2docker:\n"
+        f"  hub_name: {hub}\n"
+        f"  image_prefix: {hub}/\n"
+        "  build_backend: container\n"
+        f"  builder_base_image: {BASE_IMAGE}\n"
+    )
+    cli = subprocess.Popen(
+        [
+            sys.executable, "-m", "tljh_repo2docker", "build", f"file://{repo}",
+            "--ref", "main", "--name", "env", "--allow-local-repos",
+            "--repo2docker-config", OFFLINE_R2D_CONFIG,
+        ],
+        env={**os.environ, "TLJH_INSTALL_PREFIX": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not build_containers(hub, all_states=False):
+            assert cli.poll() is None, cli.communicate()
+            assert time.monotonic() < deadline, "no builder container started"
+            time.sleep(0.2)
+        time.sleep(2)  # into repo2docker's build
+        cli.terminate()
+        out, err = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 143, (out, err)
+    assert "stopped" in err
+    assert build_containers(hub) == [], "the builder container went with the command"
+    assert docker("images", "-q", "--filter", f"reference={hub}/env").strip() == ""

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import sys
 
 import aiodocker
@@ -96,6 +97,9 @@ async def _build(args) -> int:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         sys.stdout.flush()
 
+    # a stop (SIGTERM, e.g. from a timeout or systemd) ends the build like
+    # Ctrl-C does: repo2docker's process group or builder container goes too
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
     async with aiodocker.Docker() as docker:
         try:
             result = await run_build(
@@ -110,6 +114,9 @@ async def _build(args) -> int:
         except BuildFailed as e:
             print(f"error: {inert(str(e))}", file=sys.stderr)
             return 1
+        except asyncio.CancelledError:
+            print("error: stopped (SIGTERM); nothing was built", file=sys.stderr)
+            return 143
     print(f"{'reused' if result.cached else 'built'} {result.image}")
     return 0
 
