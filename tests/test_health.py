@@ -76,6 +76,7 @@ def test_health_turns_red_without_docker_and_green_again(hub, tmp_path):
         assert green["ok"] and set(green["checks"]) == {"docker", "store", "queue", "disk", "hub"}
         assert all(c["ok"] for c in green["checks"].values()), green
         assert green["checks"]["docker"]["buildx"]
+        assert green["checks"]["docker"]["build_backend"] == "process"  # one host, no registry
         assert green["checks"]["disk"]["images"]["free_bytes"] > 0
         assert green["checks"]["disk"]["homes"]["free_bytes"] > 0
         assert green["checks"]["queue"] == {

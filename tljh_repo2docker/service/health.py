@@ -153,6 +153,9 @@ class Health:
         self.docker_root = root
         buildx = await self._buildx_result()
         details = {"version": version, "buildx": buildx.details.get("version")}
+        builds = getattr(self.service, "builds", None)
+        if builds is not None:  # where repo2docker runs: "process" or "container"
+            details["build_backend"] = builds.runner.kind
         if not buildx.ok:
             return Result(False, buildx.message, details)
         return Result(True, f"Docker {version} answers", details)
