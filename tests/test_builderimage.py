@@ -17,7 +17,7 @@ def test_the_recipe_pins_this_services_repo2docker_on_the_chosen_base():
     assert '"jupyter-repo2docker==2026.4.0"' in text
     # the image proves it can build before it is tagged
     assert "docker buildx version" in text and "-m repo2docker --version" in text
-    assert text.rstrip().splitlines()[-2].startswith("ENTRYPOINT")
+    assert text.rstrip().splitlines()[-1].startswith("ENTRYPOINT")
 
 
 def test_the_tag_follows_every_input():
@@ -96,3 +96,68 @@ def test_the_entry_passes_a_stop_on_to_the_build_and_returns_its_code(tmp_path):
     rest, code = asyncio.run(run())
     assert rest == b"stopping\n"
     assert code == 3
+
+
+def test_the_entry_refuses_to_build_without_its_settings(tmp_path):
+    """No JSON line (a container started some other way): no build without
+    the network pinning and the config files."""
+    entry = tmp_path / "entry.py"
+    entry.write_text(builderimage.ENTRY_SCRIPT)
+
+    async def run():
+        proc = await asyncio.create_subprocess_exec(
+            "python3", str(entry), "sh", "-c", "echo built",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        return proc.returncode, out, err
+
+    code, out, err = asyncio.run(run())
+    assert code != 0 and out == b""
+    assert b"no build settings" in err
+
+
+@pytest.mark.parametrize(
+    "os_release, expected",
+    [
+        ('ID=ubuntu\nVERSION_ID="24.04"\nVERSION_CODENAME=noble\n', "ubuntu:24.04"),
+        ('ID=ubuntu\nVERSION_ID="22.04"\n', "ubuntu:22.04"),
+        ('ID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\n', "debian:bookworm-slim"),
+        ("ID=debian\nVERSION_CODENAME=trixie\n", "debian:trixie-slim"),
+        ("ID=fedora\nVERSION_ID=40\n", "debian:bookworm-slim"),
+        ('ID=ubuntu\nVERSION_ID="24.04; rm -rf /"\n', "debian:bookworm-slim"),
+        (None, "debian:bookworm-slim"),
+    ],
+)
+def test_the_default_base_is_the_hosts_distribution(tmp_path, os_release, expected):
+    path = tmp_path / "os-release"
+    if os_release is not None:
+        path.write_text(os_release)
+    assert builderimage.default_base_image(str(path)) == expected
+
+
+def test_without_a_host_ca_bundle_the_image_keeps_its_own():
+    assert "COPY ca-bundle.crt" not in builderimage.dockerfile("debian:12", "1.0", host_ca=False)
+    assert "COPY ca-bundle.crt" in builderimage.dockerfile("debian:12", "1.0", host_ca=True)
+    assert "apt-get upgrade -y" in builderimage.dockerfile("debian:12", "1.0")
+
+
+def test_a_new_month_makes_a_new_image():
+    files = {"Dockerfile": b"FROM x\n"}
+    assert builderimage.image_tag(files, "2026-12") != builderimage.image_tag(files, "2027-01")
+    assert builderimage.period(0) == "1970-01"
+
+
+def test_proxy_settings_reach_the_image_build_and_nothing_else():
+    environ = {"HTTPS_PROXY": "http://proxy:3128", "no_proxy": "localhost", "HOME": "/root"}
+    assert builderimage.proxy_args(environ) == {
+        "HTTPS_PROXY": "http://proxy:3128",
+        "no_proxy": "localhost",
+    }
+
+
+def test_a_local_repo2docker_build_pins_its_release(monkeypatch):
+    monkeypatch.setattr(builderimage.metadata, "version", lambda name: "2024.07.0+36.gabc")
+    assert builderimage.repo2docker_version() == "2024.07.0"

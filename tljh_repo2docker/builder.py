@@ -194,9 +194,10 @@ class BuildSettings(Configurable):
         "a registry is set (several hosts), process otherwise.",
     ).tag(config=True)
     builder_base_image = Unicode(
-        "debian:bookworm-slim",
         help="Debian or Ubuntu image the builder image is made from (apt's python3 and git, "
-        "pip's repo2docker, this host's docker CLI and buildx plugin); container backend only.",
+        "pip's repo2docker, this host's docker CLI and buildx plugin); container backend "
+        "only. Default: the host's distribution and release (ubuntu:24.04, "
+        "debian:bookworm-slim, ...), whose C library the copied binaries need.",
     ).tag(config=True)
     builder_image = Unicode(
         "",
@@ -204,6 +205,12 @@ class BuildSettings(Configurable):
         "(e.g. one made on another machine and loaded with docker load, for a server without "
         "internet access); it must be on the engine. Container backend only.",
     ).tag(config=True)
+
+    @default("builder_base_image")
+    def _default_builder_base(self):
+        from .builderimage import default_base_image
+
+        return default_base_image()
 
     @default("image_prefix")
     def _default_image_prefix(self):

@@ -6,8 +6,9 @@ Docker API by whichever process asks, by its labels. A build that is a child
 process can only be found through ``/proc`` of the host that started it
 (issue 12). The recipe is built here from:
 
-- ``base_image`` (a Debian or Ubuntu image; ``debian:bookworm-slim`` by
-  default) with apt's python3, git and CA certificates;
+- ``base_image`` (a Debian or Ubuntu image; by default the host's own
+  distribution and release) with apt's upgrades, python3, git and CA
+  certificates;
 - the same jupyter-repo2docker version as this service's, from pip;
 - this host's docker CLI and buildx plugin (repo2docker >= 2025 calls
   ``docker buildx build``), which talk to the engine through its socket;
@@ -17,9 +18,10 @@ process can only be found through ``/proc`` of the host that started it
   nothing secret is ever written into the container's configuration, where
   ``docker inspect`` shows it.
 
-The tag holds a digest of everything that goes in, so a changed recipe, a
-new repo2docker or a new docker CLI makes a new image, and an unchanged one
-is never rebuilt.
+The tag holds a digest of everything that goes in and of the month, so a
+changed recipe, a new repo2docker, a new docker CLI or a new month (apt's
+security updates for the git that clones untrusted repositories) makes a
+new image; the older ones are removed once it exists.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ import hashlib
 import io
 import logging
 import os
+import re
 import shutil
 import tarfile
+import time
 import weakref
 from collections.abc import Callable
 from importlib import metadata
@@ -39,7 +43,8 @@ import aiodocker
 
 log = logging.getLogger(__name__)
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
+BUILDER_LABEL = "tljh_repo2docker.builder"
 TAG_PREFIX = "tljh-repo2docker/builder"
 # repo2docker's Python inside the image
 PYTHON = "/opt/repo2docker/bin/python3"
@@ -62,7 +67,10 @@ import subprocess
 import sys
 
 line = sys.stdin.readline()
-job = json.loads(line) if line.strip() else {}
+if not line.strip():
+    # never a build without its settings (network pinning, config files)
+    sys.exit("tljh-r2d-build: no build settings on stdin")
+job = json.loads(line)
 for path, text in job.get("files", {}).items():
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
@@ -99,7 +107,35 @@ class BuilderImageError(RuntimeError):
 
 
 def repo2docker_version() -> str:
-    return metadata.version("jupyter-repo2docker")
+    """This service's repo2docker release (a local build's ``+...`` part
+    dropped: pip installs releases, and ``+`` is not allowed in a tag)."""
+    return metadata.version("jupyter-repo2docker").split("+")[0]
+
+
+def default_base_image(os_release: str = "/etc/os-release") -> str:
+    """The host's own distribution, so that the docker CLI and buildx copied
+    from the host find the C library they were built against:
+    ``ubuntu:24.04`` on Ubuntu 24.04, ``debian:bookworm-slim`` on Debian 12."""
+    fields = {}
+    try:
+        with open(os_release, encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.strip().partition("=")
+                fields[key] = value.strip('"')
+    except OSError:
+        pass
+    if fields.get("ID") == "ubuntu" and re.fullmatch(r"\d+\.\d+", fields.get("VERSION_ID", "")):
+        return f"ubuntu:{fields['VERSION_ID']}"
+    if fields.get("ID") == "debian" and re.fullmatch(r"[a-z]+", fields.get("VERSION_CODENAME", "")):
+        return f"debian:{fields['VERSION_CODENAME']}-slim"
+    return "debian:bookworm-slim"
+
+
+def period(now: float | None = None) -> str:
+    """The month: the builder clones untrusted repositories as root with the
+    Docker socket, so its git and openssl must not stay at their first
+    install. A new month makes a new image, with apt's upgrades."""
+    return time.strftime("%Y-%m", time.gmtime(now))
 
 
 def find_docker_cli() -> str | None:
@@ -117,17 +153,19 @@ def find_buildx() -> str | None:
     return None
 
 
-def dockerfile(base_image: str, r2d_version: str) -> str:
-    """The builder's Dockerfile (pure)."""
+def dockerfile(base_image: str, r2d_version: str, host_ca: bool = True) -> str:
+    """The builder's Dockerfile (pure). ``host_ca``: the host's CA bundle
+    replaces the image's (the host may trust a proxy's CA)."""
+    ca = f"COPY ca-bundle.crt {CA_BUNDLE}\n" if host_ca else ""
     return f"""\
 FROM {base_image}
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \\
+ && apt-get upgrade -y \\
  && apt-get install -y --no-install-recommends python3 python3-venv git ca-certificates \\
     openssh-client \\
  && rm -rf /var/lib/apt/lists/*
-COPY ca-bundle.crt {CA_BUNDLE}
-RUN python3 -m venv /opt/repo2docker \\
+{ca}RUN python3 -m venv /opt/repo2docker \\
  && PIP_CERT={CA_BUNDLE} /opt/repo2docker/bin/pip install --no-cache-dir \\
     "jupyter-repo2docker=={r2d_version}"
 COPY docker /usr/local/bin/docker
@@ -137,7 +175,6 @@ COPY entry.py {ENTRY}
 RUN git config --system --add safe.directory '*' \\
  && docker --version && docker buildx version && {PYTHON} -m repo2docker --version
 ENTRYPOINT ["{PYTHON}", "{ENTRY}"]
-LABEL tljh_repo2docker.builder="{RECIPE_VERSION}"
 """
 
 
@@ -155,7 +192,7 @@ def _host_binaries() -> tuple[str, str]:
 def inputs_key(base_image: str) -> tuple:
     """What the image depends on, cheaply (paths, sizes, change times): the
     tag is computed again only when one of these changes."""
-    key: list = [base_image, repo2docker_version(), RECIPE_VERSION]
+    key: list = [base_image, repo2docker_version(), RECIPE_VERSION, period()]
     for path in (*_host_binaries(), CA_BUNDLE):
         try:
             st = os.stat(path)
@@ -168,22 +205,21 @@ def inputs_key(base_image: str) -> tuple:
 def context_files(base_image: str) -> dict[str, bytes]:
     """Everything the image is built from, by file name (reads this host)."""
     docker_cli, buildx = _host_binaries()
-    files = {"Dockerfile": dockerfile(base_image, repo2docker_version()).encode()}
+    host_ca = os.path.isfile(CA_BUNDLE) and os.path.getsize(CA_BUNDLE) > 0
+    files = {"Dockerfile": dockerfile(base_image, repo2docker_version(), host_ca).encode()}
     files["entry.py"] = ENTRY_SCRIPT.encode()
     with open(docker_cli, "rb") as f:
         files["docker"] = f.read()
     with open(buildx, "rb") as f:
         files["docker-buildx"] = f.read()
-    try:
+    if host_ca:
         with open(CA_BUNDLE, "rb") as f:
             files["ca-bundle.crt"] = f.read()
-    except OSError:
-        files["ca-bundle.crt"] = b""  # the image's own ca-certificates then
     return files
 
 
-def image_tag(files: dict[str, bytes]) -> str:
-    digest = hashlib.sha256()
+def image_tag(files: dict[str, bytes], month: str = "") -> str:
+    digest = hashlib.sha256(month.encode())
     for name in sorted(files):
         digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
     return f"{TAG_PREFIX}:{repo2docker_version()}-{digest.hexdigest()[:12]}"
@@ -217,7 +253,7 @@ async def ensure(
     files = None
     if tag is None:  # hashing ~100 MB of binaries: once per change, not per build
         files = await asyncio.to_thread(context_files, base_image)
-        tag = _tags[key] = image_tag(files)
+        tag = _tags[key] = image_tag(files, period())
     async with _locks.setdefault(asyncio.get_running_loop(), asyncio.Lock()):
         try:
             await docker.images.inspect(tag)
@@ -230,7 +266,7 @@ async def ensure(
         if on_line is not None:
             on_line(f"Preparing the builder image {tag} (once, from {base_image})\n")
         log.info("building the builder image %s from %s", tag, base_image)
-        last = []
+        last: list[str] = []
         try:
             async for item in docker.images.build(
                 fileobj=_tar(files),
@@ -238,20 +274,49 @@ async def ensure(
                 tag=tag,
                 forcerm=True,
                 stream=True,
+                # apt and pip behind the host's proxy, if it has one
+                buildargs=proxy_args(os.environ),
+                labels={BUILDER_LABEL: RECIPE_VERSION},
             ):
                 text = item.get("stream") or ""
                 if text.strip():
-                    last = (last + [text.rstrip()])[-20:]
-                if item.get("error"):
-                    raise BuilderImageError(
-                        f"the builder image could not be built: {item['error'].strip()}"
-                    )
-        except aiodocker.DockerError as e:
-            raise BuilderImageError(f"the builder image could not be built: {e.message}") from e
+                    last = (last + [text.rstrip()])[-15:]
+        except aiodocker.DockerError as e:  # a failed step, with what it printed
+            detail = "\n".join(last)
+            raise BuilderImageError(
+                f"the builder image could not be built: {e.message}\n{detail}".rstrip()
+            ) from e
         try:
             await docker.images.inspect(tag)
         except aiodocker.DockerError:
             detail = "\n".join(last)
             raise BuilderImageError(f"the builder image was not made:\n{detail}") from None
         log.info("built the builder image %s", tag)
+        await _remove_older(docker, tag)
         return tag
+
+
+def proxy_args(environ) -> dict[str, str]:
+    """Docker's predefined proxy build arguments, from the host's environment."""
+    names = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+    return {name: environ[name] for name in names if environ.get(name)}
+
+
+async def _remove_older(docker: aiodocker.Docker, keep: str):
+    """Earlier builder images (last month's, an older repo2docker's): each is
+    hundreds of MB. One a build still runs in is refused by the engine: kept."""
+    try:
+        images = await docker.images.list(filters={"label": [BUILDER_LABEL]})
+    except aiodocker.DockerError as e:
+        log.warning("could not list older builder images: %s", e)
+        return
+    for image in images:
+        tags = [t for t in image.get("RepoTags") or [] if t.startswith(TAG_PREFIX + ":")]
+        for old in tags:
+            if old == keep:
+                continue
+            try:
+                await docker.images.delete(old)
+                log.info("removed the older builder image %s", old)
+            except aiodocker.DockerError as e:
+                log.info("kept the older builder image %s: %s", old, e.message)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from urllib.parse import unquote, urlsplit
 
 import aiodocker
+import aiohttp
 
 from . import builderimage, runner
 from .runner import LogLine, parse_log_line
@@ -79,6 +80,30 @@ def repo_path(repo: str) -> str:
         return ""
     path = unquote(urlsplit(repo).path)
     return os.path.abspath(path) if path else ""
+
+
+def builder_mounts(socket: str, repo: str, home: str) -> list[dict]:
+    """What the builder sees of the host: the engine's socket, a ``file://``
+    repository and the service user's ``~/.ssh`` (git over ssh as on the
+    host), the last two read-only. Mounts, not binds: a missing source is an
+    error, never an empty folder made for it."""
+    mounts = [{"Type": "bind", "Source": socket, "Target": "/var/run/docker.sock"}]
+    path = repo_path(repo)
+    if path:
+        mounts.append({"Type": "bind", "Source": path, "Target": path, "ReadOnly": True})
+    ssh = os.path.join(home, ".ssh")
+    if os.path.isdir(ssh):
+        mounts.append({"Type": "bind", "Source": ssh, "Target": "/root/.ssh", "ReadOnly": True})
+    return mounts
+
+
+def host_git_config(home: str) -> dict[str, str]:
+    """The service user's ``~/.gitconfig``, for the builder's root."""
+    path = os.path.join(home, ".gitconfig")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return {"/root/.gitconfig": f.read()}
 
 
 def config_files(files: Iterable[str]) -> dict[str, str]:
@@ -142,6 +167,7 @@ class ContainerRunner:
         self.docker, self.hub, self.base_image = docker, hub, base_image
         self.fixed_image = image  # an admin's ready-made builder image
         self.grace = grace
+        self.home = os.path.expanduser("~")  # the service user's (ssh, git config)
         # the engine the service talks to is the one the builder talks to
         host = os.environ.get("DOCKER_HOST", "")
         self.socket = host[len("unix://") :] if host.startswith("unix://") else socket
@@ -178,14 +204,13 @@ class ContainerRunner:
             return 125
         try:
             payload = {"env": builder_env(env), "files": config_files(files)}
+            # git as the service's user has it on the host (insteadOf rules, ...)
+            payload["files"].update(host_git_config(self.home))
         except OSError as e:
             on_line(LogLine("failed", f"cannot read a repo2docker config file: {e}\n"))
             return 125
-        repo = repo_path(argv[argv.index("--") + 1] if "--" in argv else "")
-        mounts = [{"Type": "bind", "Source": self.socket, "Target": "/var/run/docker.sock"}]
-        if repo:
-            # a Mount, not a Bind: a missing folder is an error, never created
-            mounts.append({"Type": "bind", "Source": repo, "Target": repo, "ReadOnly": True})
+        repo = argv[argv.index("--") + 1] if "--" in argv else ""
+        mounts = builder_mounts(self.socket, repo, self.home)
         name = container_name(self.hub, job)
         await self._remove(name)  # a leftover of a killed service, under this name
         config = {
@@ -207,6 +232,13 @@ class ContainerRunner:
             },
         }
         try:
+            return await self._run(config, name, payload, on_line)
+        finally:
+            # also when cancelled while the container was being made
+            await asyncio.shield(self._remove(name))
+
+    async def _run(self, config: dict, name: str, payload: dict, on_line) -> int:
+        try:
             container = await self.docker.containers.create(config, name=name)
         except aiodocker.DockerError as e:  # e.g. the repository's folder is gone
             on_line(LogLine("failed", f"the builder container could not be made: {e.message}\n"))
@@ -217,7 +249,11 @@ class ContainerRunner:
             async with container.attach(stdout=True, stderr=True) as output:
                 feed = asyncio.ensure_future(self._follow(output, on_line))
                 try:
-                    await container.start()
+                    try:
+                        await container.start()
+                    except aiodocker.DockerError as e:
+                        on_line(LogLine("failed", f"the builder did not start: {e.message}\n"))
+                        return 125
                     # credentials and git settings on stdin: never in the
                     # container's configuration, which docker inspect shows
                     async with container.attach(stdin=True) as stdin:
@@ -231,12 +267,10 @@ class ContainerRunner:
                             await feed
             return int(result.get("StatusCode", 1))
         except BaseException:
-            # cancelled (or the stream broke): never leave the build running
-            with contextlib.suppress(aiodocker.DockerError):
+            # cancelled (or the engine went away): never leave the build running
+            with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, OSError):
                 await asyncio.shield(container.stop(t=int(self.grace)))
             raise
-        finally:
-            await asyncio.shield(self._remove(name))
 
     async def _follow(self, stream, on_line: Callable[[LogLine], None]):
         lines = _Lines(on_line)
@@ -253,6 +287,9 @@ class ContainerRunner:
         except aiodocker.DockerError as e:
             if e.status not in (404, 409):  # gone, or being removed already
                 log.warning("could not remove build container %s: %s", name, e)
+        except (aiohttp.ClientError, OSError) as e:
+            # the engine is away: the next start of the service removes it
+            log.warning("could not remove build container %s: %s", name, e)
 
     async def leftovers(self) -> list[dict]:
         """This hub's build containers, running or not."""

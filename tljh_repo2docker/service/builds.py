@@ -532,7 +532,7 @@ class BuildManager:
         # (by its recorded pid) or a builder container (by its labels)
         try:
             await self.runner.reap(pids)
-        except aiodocker.DockerError as e:
+        except Exception as e:  # Docker away: the service starts anyway (degraded)
             log.warning("could not look for builds a previous process left: %s", e)
         with self.sessions() as db:
             stale = db.scalars(
