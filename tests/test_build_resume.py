@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
+import aiodocker
 import pytest
 
 from tljh_repo2docker.builder import BuildSettings
 from tljh_repo2docker.buildjob import BuildResult
 from tljh_repo2docker.runner import LogLine
 from tljh_repo2docker.service import builds as builds_module
-from tljh_repo2docker.service import store
+from tljh_repo2docker.service import dockerops, store
 from tljh_repo2docker.service.buildlog import BuildLog
 from tljh_repo2docker.service.builds import BuildManager, Credentials
 
@@ -214,3 +216,34 @@ def test_a_resumed_log_keeps_its_bounds_and_numbers():
     resumed = BuildLog(head_size=5, tail_size=3).resume(*short.stored())
     resumed.append("building", "two\n")
     assert [e["message"] for e in resumed.head] == ["one\n", "two\n"]
+
+
+def test_without_docker_the_builder_containers_cannot_be_looked_for_but_the_queue_goes_on(
+    sessions, stand_in, monkeypatch
+):
+    """With builder containers, recovery asks the engine for a predecessor's
+    leftovers. An engine that does not answer must not stop the service
+    from starting (it serves 503s with the reason, and its queue waits)."""
+    with sessions() as db:
+        env = add_env(db, "q")
+        db.add(store.Build(environment_id=env.id, ref="v1", status=store.RUNNING, requested_by="a"))
+        db.commit()
+
+    # as the service makes its client, on a machine without a Docker socket
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.setattr(aiodocker.docker, "_sock_search_paths", [Path("/nonexistent.sock")])
+
+    async def scenario():
+        gone = dockerops.LazyDocker()
+        try:
+            settings = BuildSettings(build_backend="container", builder_base_image="base:x")
+            again = BuildManager(sessions, settings, gone, Catalogue(), log_flush_interval=0.05)
+            assert again.runner.kind == "container"
+            assert await again.recover() == (1, 0)
+            await until(lambda: stand_in.started == ["q"])
+            stand_in.release.set()
+            await again.shutdown()
+        finally:
+            await gone.close()
+
+    asyncio.run(scenario())
