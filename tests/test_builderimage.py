@@ -36,16 +36,21 @@ def test_no_buildx_on_the_host_is_a_reason(monkeypatch):
         builderimage.context_files("debian:bookworm-slim")
 
 
-def test_the_entry_takes_its_environment_and_files_from_stdin_and_runs_the_command(tmp_path):
+async def start_entry(tmp_path, *command: str, stdin=asyncio.subprocess.PIPE):
+    """The builder's entry script running ``command``, here as in the image."""
     entry = tmp_path / "entry.py"
     entry.write_text(builderimage.ENTRY_SCRIPT)
+    return await asyncio.create_subprocess_exec(
+        "python3", str(entry), *command,
+        stdin=stdin,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
 
+
+def test_the_entry_takes_its_environment_and_files_from_stdin_and_runs_the_command(tmp_path):
     async def run():
-        proc = await asyncio.create_subprocess_exec(
-            "python3", str(entry), "sh", "-c", 'printf "%s" "$SECRET_FOR_GIT"',
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        proc = await start_entry(tmp_path, "sh", "-c", 'printf "%s" "$SECRET_FOR_GIT"')
         job = {"env": {"SECRET_FOR_GIT": "s3cret"}, "files": {str(written): "c = 1\n"}}
         out, _ = await proc.communicate(json.dumps(job).encode() + b"\n")
         return out.decode()
@@ -71,8 +76,6 @@ def test_the_host_binaries_are_hashed_once_per_change(monkeypatch, tmp_path):
 def test_the_entry_passes_a_stop_on_to_the_build_and_returns_its_code(tmp_path):
     """docker stop sends SIGTERM to the entry (PID 1 in the builder): the
     command's whole process group gets it, and the exit code is the command's."""
-    entry = tmp_path / "entry.py"
-    entry.write_text(builderimage.ENTRY_SCRIPT)
     command = (
         "import signal, sys, time\n"
         "signal.signal(signal.SIGTERM, lambda *a: (print('stopping', flush=True), sys.exit(3)))\n"
@@ -81,11 +84,7 @@ def test_the_entry_passes_a_stop_on_to_the_build_and_returns_its_code(tmp_path):
     )
 
     async def run():
-        proc = await asyncio.create_subprocess_exec(
-            "python3", str(entry), "python3", "-c", command,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        proc = await start_entry(tmp_path, "python3", "-c", command)
         proc.stdin.write(b"{}\n")
         await proc.stdin.drain()
         assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"ready\n"
@@ -101,16 +100,11 @@ def test_the_entry_passes_a_stop_on_to_the_build_and_returns_its_code(tmp_path):
 def test_the_entry_refuses_to_build_without_its_settings(tmp_path):
     """No JSON line (a container started some other way): no build without
     the network pinning and the config files."""
-    entry = tmp_path / "entry.py"
-    entry.write_text(builderimage.ENTRY_SCRIPT)
 
     async def run():
-        proc = await asyncio.create_subprocess_exec(
-            "python3", str(entry), "sh", "-c", "echo built",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        proc = await start_entry(
+            tmp_path, "sh", "-c", "echo built", stdin=asyncio.subprocess.DEVNULL
+        )
         out, err = await proc.communicate()
         return proc.returncode, out, err
 
